@@ -1,0 +1,142 @@
+"""The ``llmops`` command line: serve one service, run them all, the demo, key hashing."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from services.common.auth import hash_key
+from services.common.server import SERVICES, serve
+
+app = typer.Typer(
+    name="llmops",
+    help="llmops-platform: embeddings, retrieval, LLM proxy, feedback and RAG services.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+DATA_DIR = Path(os.environ.get("LLMOPS_DATA_DIR", ".llmops"))
+
+
+def _service_names() -> str:
+    return ", ".join(SERVICES)
+
+
+@app.command("serve")
+def serve_cmd(
+    service: Annotated[str, typer.Argument(help="Which service to run.")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port; default: the service's own.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run one service under uvicorn; its settings come from its env prefix (e.g. EMBEDDINGS_)."""
+    spec = SERVICES.get(service)
+    if spec is None:
+        console.print(f"[red]unknown service {service!r}[/]; choose one of: {_service_names()}")
+        raise typer.Exit(2)
+    serve(spec, host=host, port=port or spec.port, workers=workers)
+
+
+def dev_api_key(data_dir: Path) -> str:
+    """The key for ``llmops up``: $LLMOPS_API_KEY, else one generated once into a 0600 file."""
+    key = os.environ.get("LLMOPS_API_KEY")
+    if key:
+        return key
+    path = data_dir / "dev-api-key"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = "sk-llmops-" + secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+def up_environment(key: str, data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "ENV": env.get("ENV", "dev"),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "LLMOPS_DATA_DIR": str(data_dir),
+        }
+    )
+    digest = hash_key(key)
+    for spec in SERVICES.values():
+        prefix = spec.settings_cls().model_config.get("env_prefix", "")
+        env.setdefault(f"{prefix}API_KEY_HASHES", digest)
+    env.pop("LLMOPS_API_KEY", None)  # children get only the digest
+    return env
+
+
+@app.command("up")
+def up_cmd(
+    base_port: Annotated[
+        int, typer.Option(help="Ports are base+offset: embeddings 8001, ...")
+    ] = 8000,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    only: Annotated[list[str] | None, typer.Option(help="Run only these services.")] = None,
+) -> None:
+    """Run every service on embedded defaults under honcho; Ctrl-C stops them all."""
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    names = only or list(SERVICES)
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        console.print(f"[red]unknown service(s) {unknown}[/]; choose from: {_service_names()}")
+        raise typer.Exit(2)
+    key = dev_api_key(DATA_DIR)
+    env = up_environment(key, DATA_DIR)
+    manager = Manager(Printer(sys.stdout))
+    for name in names:
+        spec = SERVICES[name]
+        port = base_port + (spec.port - 8000)
+        cmd = f"{sys.executable} -m services.cli.main serve {name} --host {host} --port {port}"
+        manager.add_process(name, cmd, env=env)
+        console.print(f"[green]{name}[/] on http://{host}:{port}")
+    if "LLMOPS_API_KEY" not in os.environ:
+        console.print(f"API key: in {DATA_DIR / 'dev-api-key'} (send as 'Authorization: Bearer')")
+    manager.loop()
+    raise typer.Exit(manager.returncode or 0)
+
+
+@app.command("demo")
+def demo_cmd() -> None:
+    """Start the platform on embedded defaults, exercise it with the OpenAI SDK, stop it."""
+    from services.cli.demo import run_demo
+
+    raise typer.Exit(run_demo())
+
+
+@app.command("hash-key")
+def hash_key_cmd(
+    key: Annotated[
+        str | None, typer.Argument(help="The key; read from stdin when omitted.")
+    ] = None,
+) -> None:
+    """Print the SHA-256 digest to put in <SERVICE>_API_KEY_HASHES (keys are never stored)."""
+    value = key if key is not None else sys.stdin.readline()
+    value = value.strip()
+    if not value:
+        console.print("[red]empty key[/]")
+        raise typer.Exit(2)
+    print(hash_key(value))
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The app-factory helper every service's ``create_app(settings)`` calls.
+
+It wires what all services share (errors, auth, body limit, request context, metrics, tracing,
+health endpoints) so a service only adds its routes and its own lifespan. Nothing runs at
+import; clients are opened in the lifespan and kept on ``app.state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response
+
+from services.common.auth import AuthMiddleware
+from services.common.errors import error_response, install_exception_handlers
+from services.common.logging import setup_logging
+from services.common.metrics import Metrics, mark_worker_dead
+from services.common.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from services.common.settings import ServiceSettings
+from services.common.tracing import build_tracer_provider
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+Readiness = Callable[[FastAPI], Awaitable[tuple[bool, dict[str, Any]]]]
+
+health_router = APIRouter(tags=["health"])
+
+
+@health_router.get("/healthz", summary="Liveness: the process answers.")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz", summary="Readiness: the service's dependencies are ready.")
+async def readyz(request: Request) -> Response:
+    check: Readiness = request.app.state.readiness
+    ready, detail = await check(request.app)
+    if ready:
+        return Response(
+            content=orjson.dumps({"status": "ready", **detail}), media_type="application/json"
+        )
+    reason = detail.get("reason", "dependencies are not ready")
+    return error_response(
+        503, f"Not ready: {reason}.", code="not_ready", headers={"Retry-After": "1"}
+    )
+
+
+@health_router.get("/metrics", summary="Prometheus metrics.")
+async def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.render()
+    return Response(content=body, media_type=content_type)
+
+
+async def _always_ready(_: FastAPI) -> tuple[bool, dict[str, Any]]:
+    return True, {}
+
+
+def build_app(
+    settings: ServiceSettings,
+    *,
+    title: str,
+    version: str = "0.1.0",
+    lifespan: Lifespan | None = None,
+    readiness: Readiness = _always_ready,
+    metrics_namespace: str = "llmops",
+) -> FastAPI:
+    setup_logging(settings.log_level)
+    metrics = Metrics(metrics_namespace)
+
+    @asynccontextmanager
+    async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+        provider = build_tracer_provider(
+            settings.service_name, settings.otlp_endpoint, settings.otlp_headers
+        )
+        app.state.tracer_provider = provider
+        app.state.tracer = provider.get_tracer(f"llmops.{settings.service_name}")
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            provider.shutdown()
+            mark_worker_dead()
+
+    app = FastAPI(title=title, version=version, lifespan=_lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.readiness = readiness
+    install_exception_handlers(app)
+    app.include_router(health_router)
+    # Added innermost first: requests pass context -> body limit -> auth -> routes.
+    if not settings.auth_disabled:
+        app.add_middleware(AuthMiddleware, key_hashes=settings.api_key_hashes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, state=app.state)
+    return app

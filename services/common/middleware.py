@@ -1,0 +1,172 @@
+"""Pure ASGI middleware shared by every service.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) keeps the per-request cost to a few microseconds and
+leaves streaming responses unbuffered, which the LLM proxy relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.datastructures import State
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.common.context import reset_request_id, set_request_id
+from services.common.errors import error_response
+from services.common.metrics import Metrics
+from services.common.tracing import extract_context, traceresponse
+
+access_log = logging.getLogger("llmops.access")
+error_log = logging.getLogger("llmops.errors")
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_NOOP_TRACER = trace.NoOpTracer()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+class RequestContextMiddleware:
+    """Request id, server span (continuing an incoming ``traceparent``), RED metrics, access log.
+
+    Also the last line of defence: an unhandled exception becomes a JSON 500 naming the request
+    id, rather than a bare text response without it.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, state: State) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _headers(scope)
+        rid = headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(rid):
+            rid = uuid.uuid4().hex
+        token = set_request_id(rid)
+        method: str = scope["method"]
+        path: str = scope["path"]
+        tracer = getattr(self.state, "tracer", None) or _NOOP_TRACER
+        status = 500
+        started = False
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+        with tracer.start_as_current_span(
+            method, context=extract_context(headers), kind=SpanKind.SERVER
+        ) as span:
+            extra = [(b"x-request-id", rid.encode())]
+            tr = traceresponse(span)
+            if tr:
+                extra.append((b"traceresponse", tr.encode()))
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal status, started
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    started = True
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception as exc:
+                error_log.exception("unhandled error on %s %s", method, path, exc_info=exc)
+                span.record_exception(exc)
+                if not started:
+                    response = error_response(
+                        500,
+                        f"Internal server error. Quote request id {rid} when reporting it.",
+                        code="internal_error",
+                    )
+                    await response(scope, receive, send_wrapper)
+            finally:
+                elapsed = time.perf_counter() - start
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "<unmatched>"
+                span.update_name(f"{method} {template}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.route", template)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                self.metrics.observe_request(method, template, status, elapsed)
+                self.metrics.in_flight.dec()
+                level = logging.DEBUG if path in OPEN_PATHS else logging.INFO
+                if access_log.isEnabledFor(level):
+                    access_log.log(
+                        level,
+                        "%s %s %d",
+                        method,
+                        path,
+                        status,
+                        extra={
+                            "method": method,
+                            "path": path,
+                            "route": template,
+                            "status": status,
+                            "duration_ms": round(elapsed * 1000, 3),
+                        },
+                    )
+                reset_request_id(token)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while reading a body past the limit; FastAPI re-raises HTTP exceptions as-is."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413,
+            f"Request body is larger than the {limit}-byte limit; send fewer or shorter inputs.",
+        )
+
+
+class BodyLimitMiddleware:
+    """413 before reading when Content-Length is too big, or as soon as a chunked body passes it."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > limit:
+                    exc = BodyTooLarge(limit)
+                    await _too_large(exc)(scope, receive, send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(exc: BodyTooLarge) -> Any:
+    return error_response(413, str(exc.detail), code="request_too_large")

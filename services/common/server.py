@@ -1,0 +1,69 @@
+"""Running a service: one place that knows how uvicorn is started for every service."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import uvicorn
+
+from services.common.logging import setup_logging
+from services.common.settings import ServiceSettings, settings_error_text
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    factory: str  # "module:function", called with no argument by each worker
+    settings: str  # "module:Class"
+    port: int
+
+    def settings_cls(self) -> type[ServiceSettings]:
+        module, _, attr = self.settings.partition(":")
+        cls: type[ServiceSettings] = getattr(importlib.import_module(module), attr)
+        return cls
+
+
+# Every service of the platform, with its default port. Later services add themselves here.
+SERVICES: dict[str, ServiceSpec] = {
+    "embeddings": ServiceSpec(
+        "embeddings",
+        "services.embeddings.app:create_app",
+        "services.embeddings.config:EmbeddingsSettings",
+        8001,
+    ),
+}
+
+
+def load_settings(spec: ServiceSpec) -> ServiceSettings:
+    """Validate the configuration up front, so a bad one is one clear line, not a traceback."""
+    try:
+        return spec.settings_cls()()
+    except ValueError as exc:  # pydantic's ValidationError and every SettingsError
+        print(f"llmops: cannot start {spec.name}: {settings_error_text(exc)}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def serve(spec: ServiceSpec, *, host: str, port: int, workers: int) -> None:
+    settings = load_settings(spec)
+    setup_logging(settings.log_level)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker writes its samples here; /metrics sums them (see common/metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"llmops-{spec.name}-")
+    common = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    if workers > 1:
+        uvicorn.run(spec.factory, factory=True, workers=workers, **common)  # type: ignore[arg-type]
+    else:
+        module, _, attr = spec.factory.partition(":")
+        app = getattr(importlib.import_module(module), attr)(settings)
+        uvicorn.run(app, **common)  # type: ignore[arg-type]

@@ -1,0 +1,63 @@
+"""OpenTelemetry tracing with W3C ``traceparent`` in and out.
+
+Spans are always created (so logs and downstream calls share one trace id, and an incoming
+``traceparent`` is continued), but they leave the process only when an OTLP endpoint is
+configured: Langfuse's ``/api/public/otel`` endpoint or any collector. Nothing is sent otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from pydantic import SecretStr
+
+
+def parse_headers(raw: SecretStr | None) -> dict[str, str]:
+    """``"Authorization=Basic abc,x-tenant=t1"`` -> dict (the OTLP env convention)."""
+    if raw is None:
+        return {}
+    out: dict[str, str] = {}
+    for part in raw.get_secret_value().split(","):
+        if "=" in part:
+            key, _, value = part.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def traces_url(endpoint: str) -> str:
+    endpoint = endpoint.rstrip("/")
+    return endpoint if endpoint.endswith("/v1/traces") else f"{endpoint}/v1/traces"
+
+
+def build_tracer_provider(
+    service_name: str, endpoint: str | None, headers: SecretStr | None
+) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=traces_url(endpoint), headers=parse_headers(headers))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def extract_context(headers: Mapping[str, str]) -> Context:
+    return propagate.extract(headers)
+
+
+def inject_headers(headers: MutableMapping[str, str]) -> None:
+    """Add ``traceparent`` (and ``tracestate``) for the current span to outgoing headers."""
+    propagate.inject(headers)
+
+
+def traceresponse(span: trace.Span) -> str | None:
+    """W3C Trace Context ``traceresponse`` header value, so a caller learns our trace id."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"

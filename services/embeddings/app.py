@@ -1,0 +1,93 @@
+"""Embeddings service: ``create_app(settings)`` and the lifespan that owns the model.
+
+The model loads in the background after the server starts: ``/healthz`` answers at once, and
+``/readyz`` turns 200 when the model is loaded, so Kubernetes neither kills a slow-loading pod
+nor sends it traffic too early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from services.common.app import build_app
+from services.embeddings import routes
+from services.embeddings.batcher import Batcher
+from services.embeddings.config import EmbeddingsSettings
+from services.embeddings.encoder import load_encoder
+
+log = logging.getLogger("llmops.embeddings")
+
+
+async def _load(app: FastAPI, settings: EmbeddingsSettings) -> None:
+    started = time.perf_counter()
+    try:
+        encoder = await asyncio.to_thread(load_encoder, settings)
+    except Exception as exc:
+        app.state.load_error = f"{type(exc).__name__}: {exc}"
+        log.exception("model failed to load")
+        return
+    batcher = Batcher(
+        encoder,
+        app.state.metrics,
+        max_batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue_texts=settings.max_queue_texts,
+    )
+    batcher.start()
+    app.state.loaded_at = int(time.time())
+    app.state.batcher = batcher
+    app.state.encoder = encoder
+    info = encoder.info
+    log.info(
+        "model ready",
+        extra={
+            "model": info.name,
+            "backend": info.backend,
+            "dimension": info.dimension,
+            "max_tokens": info.max_tokens,
+            "load_seconds": round(time.perf_counter() - started, 2),
+        },
+    )
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: EmbeddingsSettings = app.state.settings
+    app.state.encoder = None
+    app.state.batcher = None
+    app.state.load_error = None
+    loader = asyncio.create_task(_load(app, settings), name="load-model")
+    try:
+        yield
+    finally:
+        loader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loader
+        if app.state.batcher is not None:
+            await app.state.batcher.stop()
+
+
+async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
+    if app.state.load_error:
+        return False, {"reason": f"the model failed to load ({app.state.load_error})"}
+    batcher: Batcher | None = app.state.batcher
+    if app.state.encoder is None or batcher is None:
+        return False, {"reason": "the model is loading"}
+    if not batcher.running:
+        return False, {"reason": "the batcher is not running"}
+    return True, {"model": app.state.encoder.info.name, "queue_depth": batcher.depth}
+
+
+def create_app(settings: EmbeddingsSettings | None = None) -> FastAPI:
+    settings = settings or EmbeddingsSettings()
+    app = build_app(settings, title="llmops embeddings", lifespan=lifespan, readiness=readiness)
+    app.include_router(routes.router)
+    return app

@@ -1,0 +1,85 @@
+"""The ``llmops`` command: key hashing, configuration errors, and ``llmops up`` under honcho."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import API_KEY, API_KEY_HASH, ROOT, clean_env, free_port
+
+LLMOPS = [sys.executable, "-m", "services.cli.main"]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LLMOPS, *args], cwd=ROOT, env=env or clean_env(), input=stdin,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_hash_key_matches_configured_digest() -> None:
+    assert run("hash-key", API_KEY).stdout.strip() == API_KEY_HASH
+    assert run("hash-key", stdin=API_KEY + "\n").stdout.strip() == API_KEY_HASH
+
+
+def test_serve_with_bad_config_exits_2_with_one_clear_line() -> None:
+    r = run("serve", "embeddings", "--port", str(free_port()))
+    assert r.returncode == 2
+    assert "no API keys configured" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run("serve", "nope")
+    assert r.returncode == 2 and "unknown service" in r.stderr
+
+
+def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    base = free_port()
+    while base + 10 > 65535 or base < 2000:
+        base = free_port()
+    base -= 1  # embeddings is base + 1
+    env = clean_env(LLMOPS_DATA_DIR=str(tmp_path))
+    log = (tmp_path / "up.log").open("wb")
+    cmd = [*LLMOPS, "up", "--base-port", str(base)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{base + 1}"
+    try:
+        key = None
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()
+            key_file = tmp_path / "dev-api-key"
+            if key_file.exists():
+                key = key_file.read_text().strip()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        assert key and (tmp_path / "dev-api-key").stat().st_mode & 0o777 == 0o600
+        r = httpx.post(
+            f"{url}/v1/embeddings",
+            json={"model": "all-MiniLM-L6-v2", "input": "up"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 200
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        log.close()
+    output = (tmp_path / "up.log").read_text()
+    assert "embeddings" in output
+    assert key not in output  # the key is never printed or logged
+    time.sleep(0.5)
+    try:
+        httpx.get(f"{url}/healthz", timeout=1)
+        raise AssertionError("the service is still running after Ctrl-C")
+    except httpx.HTTPError:
+        pass

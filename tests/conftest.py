@@ -1,0 +1,107 @@
+"""Shared fixtures: real service processes on free loopback ports, and the model in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "sk-test-0123456789abcdef"
+API_KEY_HASH = hashlib.sha256(API_KEY.encode()).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test environment without any service settings leaking in from the caller's shell."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("EMBEDDINGS_", "LLMOPS_", "PROMETHEUS_MULTIPROC", "OTEL_"))
+        and k != "ENV"
+    }
+    env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """A service started with ``llmops serve`` as its own process, logs kept in a file."""
+
+    def __init__(self, service: str, log_dir: Path, env: dict[str, str], workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{service}-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "serve", service,
+             "--port", str(self.port), "--workers", str(workers)],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 240) -> ServiceProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.url} not ready:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    started: list[ServiceProcess] = []
+    log_dir = tmp_path_factory.mktemp("service-logs")
+
+    def start(service: str, workers: int = 1, **env: str) -> ServiceProcess:
+        proc = ServiceProcess(service, log_dir, clean_env(**env), workers)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def auth_headers(key: str = API_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
