@@ -161,4 +161,5 @@ def run_demo() -> int:
         return 1
     finally:
         code = _stop(proc)
-        console.print(f"platform stopped (exit {code})")
+        # honcho exits 130 after Ctrl-C (SIGINT): that is the clean stop.
+        console.print("platform stopped" if code in (0, 130) else f"platform exited with {code}")

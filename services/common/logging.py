@@ -49,6 +49,10 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "INFO") -> None:
     """Route the root, uvicorn and our loggers through one JSON handler; safe to call twice."""
+    # Not in our JSON lines, so not worth computing for every record.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     handler = next((h for h in root.handlers if getattr(h, "_llmops", False)), None)
     if handler is None:

@@ -10,12 +10,12 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import reset_request_id, set_request_id
@@ -168,5 +168,5 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
-def _too_large(exc: BodyTooLarge) -> Any:
+def _too_large(exc: BodyTooLarge) -> Response:
     return error_response(413, str(exc.detail), code="request_too_large")

@@ -11,6 +11,7 @@ all of them:
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -117,6 +118,15 @@ class ServiceSettings(BaseSettings):
                 )
             out.append(digest)
         return out
+
+    @model_validator(mode="after")
+    def _standard_otel_env(self) -> ServiceSettings:
+        """Fall back to the standard OTEL_EXPORTER_OTLP_* variables an operator may already set."""
+        if self.otlp_endpoint is None and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            self.otlp_endpoint = os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+            if self.otlp_headers is None and os.environ.get("OTEL_EXPORTER_OTLP_HEADERS"):
+                self.otlp_headers = SecretStr(os.environ["OTEL_EXPORTER_OTLP_HEADERS"])
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> ServiceSettings:

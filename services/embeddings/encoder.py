@@ -52,6 +52,9 @@ class Encoder(Protocol):
         """Embeddings for already-tokenized inputs, one row each, in order."""
 
 
+_SERIAL_TOKENIZE = 16
+
+
 class _Tokenizer:
     """Fast (Rust) tokenizer from the model directory, with and without truncation."""
 
@@ -76,6 +79,10 @@ class _Tokenizer:
     def __call__(self, texts: list[str], truncate: bool) -> list[list[int]]:
         if self.full is not None:
             tok = self.cut if truncate else self.full
+            if len(texts) <= _SERIAL_TOKENIZE:
+                # encode_batch hands even one text to a thread pool, which then fights the
+                # inference threads for the cores: ~1 ms per request on the event loop.
+                return [tok.encode(text).ids for text in texts]
             return [e.ids for e in tok.encode_batch(texts)]
         out = self.fallback(
             texts, add_special_tokens=True, truncation=truncate, max_length=self.max_tokens

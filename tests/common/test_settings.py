@@ -19,7 +19,7 @@ def _no_ambient_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith(("EMBEDDINGS_", "LLMOPS_")) or key == "ENV":
+        if key.startswith(("EMBEDDINGS_", "LLMOPS_", "OTEL_")) or key == "ENV":
             monkeypatch.delenv(key)
 
 
@@ -103,3 +103,13 @@ def test_plain_key_instead_of_digest_is_refused() -> None:
 def test_base_class_has_no_service_prefix_leak() -> None:
     assert ServiceSettings.model_config["env_prefix"] == "LLMOPS_"
     assert EmbeddingsSettings.model_config["env_prefix"] == "EMBEDDINGS_"
+
+
+def test_standard_otel_variables_are_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=abc")
+    s = EmbeddingsSettings(api_key_hashes=[API_KEY_HASH])
+    assert s.otlp_endpoint == "http://collector:4318"
+    assert s.otlp_headers is not None and s.otlp_headers.get_secret_value() == "x-api-key=abc"
+    monkeypatch.setenv("EMBEDDINGS_OTLP_ENDPOINT", "http://own:4318")
+    assert EmbeddingsSettings(api_key_hashes=[API_KEY_HASH]).otlp_endpoint == "http://own:4318"
