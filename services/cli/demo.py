@@ -153,7 +153,7 @@ def run_demo() -> int:
                 ("llmops_embeddings_texts_total", "llmops_embeddings_batch_size_count")
             ):
                 console.print(f"metrics: {line}")
-        console.print(f"[green]demo finished[/]: metrics at {url}/metrics, API docs at {url}/docs")
+        console.print("[green]demo finished[/]: `llmops up` runs the same platform and keeps it up")
         return 0
     except Exception as exc:
         console.print(f"[red]demo failed:[/] {exc}")
