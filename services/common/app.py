@@ -87,7 +87,13 @@ def build_app(
             provider.shutdown()
             mark_worker_dead()
 
-    app = FastAPI(title=title, version=version, lifespan=_lifespan)
+    # FastAPI's own telemetry stays off: middleware.py makes the spans and metrics, once.
+    app = FastAPI(
+        title=title,
+        version=version,
+        lifespan=_lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.readiness = readiness
