@@ -105,3 +105,9 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def auth_headers(key: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="session")
+def embeddings(service_factory: Any) -> ServiceProcess:
+    """The service on its defaults, with key auth, in the strict (production) environment."""
+    return service_factory("embeddings", EMBEDDINGS_API_KEY_HASHES=API_KEY_HASH).wait_ready()

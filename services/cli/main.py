@@ -22,7 +22,9 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-DATA_DIR = Path(os.environ.get("LLMOPS_DATA_DIR", ".llmops"))
+
+def data_dir() -> Path:
+    return Path(os.environ.get("LLMOPS_DATA_DIR", ".llmops"))
 
 
 def _service_names() -> str:
@@ -60,7 +62,7 @@ def dev_api_key(data_dir: Path) -> str:
     return key
 
 
-def up_environment(key: str, data_dir: Path) -> dict[str, str]:
+def up_environment(key: str, data_dir: Path, host: str, base_port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -75,7 +77,12 @@ def up_environment(key: str, data_dir: Path) -> dict[str, str]:
     for spec in SERVICES.values():
         prefix = spec.settings_cls().model_config.get("env_prefix", "")
         env.setdefault(f"{prefix}API_KEY_HASHES", digest)
-    env.pop("LLMOPS_API_KEY", None)  # children get only the digest
+    # Service-to-service: retrieval calls embeddings with the same local key.
+    env.setdefault("RETRIEVAL_EMBEDDINGS_URL", f"http://{host}:{base_port + 1}")
+    env.setdefault("RETRIEVAL_EMBEDDINGS_API_KEY", key)
+    env.setdefault("RETRIEVAL_QDRANT_PATH", str(data_dir / "qdrant"))
+    env.setdefault("EMBEDDINGS_CACHE_DIR", str(data_dir / "cache" / "embeddings"))
+    env.pop("LLMOPS_API_KEY", None)
     return env
 
 
@@ -96,8 +103,8 @@ def up_cmd(
     if unknown:
         console.print(f"[red]unknown service(s) {unknown}[/]; choose from: {_service_names()}")
         raise typer.Exit(2)
-    key = dev_api_key(DATA_DIR)
-    env = up_environment(key, DATA_DIR)
+    key = dev_api_key(data_dir())
+    env = up_environment(key, data_dir(), host, base_port)
     manager = Manager(Printer(sys.stdout))
     for name in names:
         spec = SERVICES[name]
@@ -106,9 +113,38 @@ def up_cmd(
         manager.add_process(name, cmd, env=env)
         console.print(f"[green]{name}[/] on http://{host}:{port}")
     if "LLMOPS_API_KEY" not in os.environ:
-        console.print(f"API key: in {DATA_DIR / 'dev-api-key'} (send as 'Authorization: Bearer')")
+        console.print(f"API key: in {data_dir() / 'dev-api-key'} (send as 'Authorization: Bearer')")
     manager.loop()
     raise typer.Exit(manager.returncode or 0)
+
+
+@app.command("ingest")
+def ingest_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+    url: Annotated[str | None, typer.Option(help="Retrieval service URL.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Documents per request.")] = 16,
+) -> None:
+    """Walk files (.md .txt .html .pdf ...), send them in batches, print what changed."""
+    from services.cli.client import ingest
+
+    raise typer.Exit(ingest(paths, collection, url, batch_size))
+
+
+@app.command("search")
+def search_cmd(
+    query: Annotated[str, typer.Argument(help="The question.")],
+    collection: Annotated[str, typer.Option("--collection", "-c")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1)] = 5,
+    filter: Annotated[
+        list[str] | None, typer.Option("--filter", "-f", help="key=value metadata equality.")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Retrieval service URL.")] = None,
+) -> None:
+    """Print the chunks nearest to a question, best first."""
+    from services.cli.client import search
+
+    raise typer.Exit(search(query, collection, top_k, filter or [], url))
 
 
 @app.command("demo")

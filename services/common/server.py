@@ -35,6 +35,12 @@ SERVICES: dict[str, ServiceSpec] = {
         "services.embeddings.config:EmbeddingsSettings",
         8001,
     ),
+    "retrieval": ServiceSpec(
+        "retrieval",
+        "services.retrieval.app:create_app",
+        "services.retrieval.config:RetrievalSettings",
+        8002,
+    ),
 }
 
 

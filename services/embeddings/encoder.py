@@ -40,6 +40,7 @@ class ModelInfo:
     dimension: int
     max_tokens: int
     backend: str
+    special_tokens: int = 2  # added around every input ([CLS] ... [SEP] for BERT-style models)
 
 
 class Encoder(Protocol):
@@ -119,8 +120,9 @@ class TorchEncoder:
         dim = get_dim() if get_dim else self.model.get_sentence_embedding_dimension()
         if not dim:
             raise ValueError(f"{model_dir} does not declare its embedding dimension")
-        self.info = ModelInfo(name, model_dir, int(dim), max_tokens, "torch")
         self._tok = _Tokenizer(model_dir, max_tokens, self.model.tokenizer)
+        special = len(self._tok([""], False)[0])
+        self.info = ModelInfo(name, model_dir, int(dim), max_tokens, "torch", special)
         self._lock = threading.Lock()
 
     def tokenize(self, texts: list[str], truncate: bool) -> list[list[int]]:
@@ -204,7 +206,8 @@ class OnnxEncoder:
 
         fallback = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         self._tok = _Tokenizer(model_dir, max_tokens, fallback)
-        self.info = ModelInfo(name, model_dir, dim, max_tokens, f"onnx-{quantization}")
+        special = len(self._tok([""], False)[0])
+        self.info = ModelInfo(name, model_dir, dim, max_tokens, f"onnx-{quantization}", special)
 
     def tokenize(self, texts: list[str], truncate: bool) -> list[list[int]]:
         return self._tok(texts, truncate)

@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict
 
 from services.common.errors import APIError
 from services.embeddings.batcher import Batcher, BatcherStopped, QueueFull
@@ -210,3 +211,33 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
         media_type="application/json",
         headers=headers,
     )
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str]
+    add_special_tokens: bool = True
+
+
+@router.post("/v1/tokenize", summary="Token counts with the model's tokenizer (as in TEI).")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    """Lets callers (the retrieval chunker) size text in this model's tokens without loading it."""
+    encoder, _ = _ready(request)
+    settings: EmbeddingsSettings = request.app.state.settings
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if len(texts) > settings.max_inputs_per_request:
+        raise APIError(
+            413,
+            f"'input' has {len(texts)} items; at most {settings.max_inputs_per_request} "
+            "are accepted per request.",
+            param="input",
+            code="too_many_inputs",
+        )
+    ids = await asyncio.to_thread(encoder.tokenize, texts, False) if texts else []
+    special = 0 if body.add_special_tokens else encoder.info.special_tokens
+    return {
+        "object": "list",
+        "data": [{"index": i, "tokens": max(0, len(seq) - special)} for i, seq in enumerate(ids)],
+        "max_input_tokens": encoder.info.max_tokens,
+    }

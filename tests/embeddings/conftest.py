@@ -5,15 +5,9 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from tests.conftest import API_KEY, API_KEY_HASH, ServiceProcess
+from tests.conftest import API_KEY, ServiceProcess
 
 MODEL = "all-MiniLM-L6-v2"
-
-
-@pytest.fixture(scope="session")
-def embeddings(service_factory: Any) -> ServiceProcess:
-    """The service on its defaults, with key auth, in the strict (production) environment."""
-    return service_factory("embeddings", EMBEDDINGS_API_KEY_HASHES=API_KEY_HASH).wait_ready()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,53 @@
+"""Retries with backoff and jitter (tenacity), honouring a server's Retry-After hint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+MAX_RETRY_AFTER_S = 10.0
+
+
+class Transient(Exception):
+    """A failure worth retrying; ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retrying(
+    attempts: int,
+    is_transient: Callable[[BaseException], bool],
+    on_retry: Callable[[RetryCallState], None] | None = None,
+    initial_s: float = 0.1,
+    max_s: float = 2.0,
+) -> AsyncRetrying:
+    """``async for attempt in retrying(...): with attempt: ...`` around one call."""
+    backoff = wait_exponential_jitter(initial=initial_s, max=max_s)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hint = getattr(exc, "retry_after", None)
+        if isinstance(hint, (int, float)) and hint > 0:
+            return float(min(hint, MAX_RETRY_AFTER_S))
+        return float(backoff(state))
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(attempts + 1),
+        wait=wait,
+        retry=retry_if_exception(is_transient),
+        before_sleep=on_retry,
+        reraise=True,
+    )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

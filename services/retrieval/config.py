@@ -1,0 +1,54 @@
+"""Retrieval service settings (env prefix ``RETRIEVAL_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class RetrievalSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RETRIEVAL_")
+
+    service_name: str = "retrieval"
+
+    # Qdrant: a server when a URL is set, else embedded local mode under qdrant_path.
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_path: Path = Path(".llmops/qdrant")
+    qdrant_timeout_s: float = Field(10.0, gt=0)
+    qdrant_retries: int = Field(4, ge=0, description="Retries of a transient Qdrant failure.")
+    # New collections; the defaults fit a 3-node cluster.
+    shard_number: int = Field(3, ge=1)
+    replication_factor: int = Field(2, ge=1)
+    write_consistency_factor: int = Field(1, ge=1)
+    read_consistency: Literal["all", "majority", "quorum"] | int = "majority"
+
+    # The embeddings service.
+    embeddings_url: str = "http://127.0.0.1:8001"
+    embeddings_api_key: SecretStr | None = None
+    embeddings_model: str = "all-MiniLM-L6-v2"
+    embeddings_timeout_s: float = Field(60.0, gt=0)
+    embed_batch_size: int = Field(64, ge=1, le=2048)
+
+    # Chunking, in the embedding model's tokens.
+    chunk_tokens: int = Field(200, ge=16)
+    chunk_overlap_tokens: int = Field(32, ge=0)
+
+    # Limits.
+    max_documents_per_request: int = Field(256, ge=1)
+    max_document_bytes: int = Field(5 * 1024 * 1024, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> RetrievalSettings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens // 2:
+            raise ValueError(
+                "RETRIEVAL_CHUNK_OVERLAP_TOKENS must be under half of RETRIEVAL_CHUNK_TOKENS"
+            )
+        return self

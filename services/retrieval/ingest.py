@@ -1,0 +1,154 @@
+"""Ingest: load, chunk, embed, upsert; idempotent per document.
+
+Point ids are UUIDv5 of (document id, chunk number) and every chunk carries the document's
+content hash, so re-sending an unchanged document costs one lookup, and a changed one
+overwrites its chunks then drops the ones left over. Vectors are computed before anything is
+written: when embedding fails the stored document is untouched. If a write fails half-way, the
+document's chunks are removed rather than left half old, half new, and it is reported failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from qdrant_client import models
+
+from services.common.errors import APIError
+from services.retrieval.chunking import chunk_blocks
+from services.retrieval.config import RetrievalSettings
+from services.retrieval.embedder import EmbeddingsClient, EmbeddingsUnavailable
+from services.retrieval.loaders import LoadError, load
+from services.retrieval.schemas import Document
+from services.retrieval.store import QdrantStore
+
+log = logging.getLogger("llmops.retrieval")
+NAMESPACE = uuid.UUID("6f1c0c36-4f0e-4a39-9d0a-1d9f6c3f2b11")
+_PARALLEL_DOCUMENTS = 8
+
+
+@dataclass
+class Outcome:
+    id: str
+    status: str  # added | unchanged | replaced | failed
+    chunks: int = 0
+    reason: str | None = None
+
+
+def point_id(doc_id: str, chunk: int) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{doc_id}\x00{chunk}"))
+
+
+def _content(doc: Document) -> tuple[bytes | str, str]:
+    if doc.text is not None:
+        return doc.text, doc.content_type or "text/plain"
+    try:
+        raw = base64.b64decode(doc.content_base64 or "", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise LoadError(f"content_base64 is not valid base64: {exc}") from exc
+    return raw, doc.content_type or "application/octet-stream"
+
+
+class Ingestor:
+    def __init__(
+        self,
+        settings: RetrievalSettings,
+        store: QdrantStore,
+        embedder: EmbeddingsClient,
+        metrics: Any,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.m_docs = metrics.counter(
+            "retrieval_documents_total", "Documents ingested, by outcome.", ["outcome"]
+        )
+        self.m_chunks = metrics.counter("retrieval_chunks_written_total", "Chunks written.")
+        self.m_seconds = metrics.histogram(
+            "retrieval_ingest_seconds", "Seconds per ingest request."
+        )
+        self._parallel = asyncio.Semaphore(_PARALLEL_DOCUMENTS)
+
+    def _hash(self, content: bytes | str, content_type: str, doc: Document) -> str:
+        s = self.settings
+        digest = hashlib.sha256(content if isinstance(content, bytes) else content.encode())
+        # Metadata and chunking settings are part of what was stored: a change re-ingests.
+        digest.update(orjson.dumps([content_type, doc.metadata], option=orjson.OPT_SORT_KEYS))
+        digest.update(f"{s.chunk_tokens}/{s.chunk_overlap_tokens}/{s.embeddings_model}".encode())
+        return digest.hexdigest()
+
+    async def ingest(self, collection: str, docs: list[Document]) -> list[Outcome]:
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(*(self._guarded(collection, d) for d in docs))
+        self.m_seconds.observe(time.perf_counter() - started)
+        for o in outcomes:
+            self.m_docs.labels(o.status).inc()
+        return list(outcomes)
+
+    async def _guarded(self, collection: str, doc: Document) -> Outcome:
+        async with self._parallel:
+            try:
+                return await self._one(collection, doc)
+            except (LoadError, EmbeddingsUnavailable) as exc:
+                return Outcome(doc.id or "?", "failed", reason=str(exc))
+            except APIError as exc:
+                return Outcome(doc.id or "?", "failed", reason=exc.message)
+
+    async def _one(self, collection: str, doc: Document) -> Outcome:
+        content, content_type = _content(doc)
+        content_hash = self._hash(content, content_type, doc)
+        doc_id = doc.id or f"sha256:{content_hash[:32]}"
+        doc.id = doc_id
+        stored = await self.store.stored_hash(collection, doc_id)
+        if stored == content_hash:
+            count = await self.store.count(collection, QdrantStore.doc_filter(doc_id))
+            return Outcome(doc_id, "unchanged", count)
+
+        blocks = await asyncio.to_thread(load, content, content_type)
+        s = self.settings
+        chunks = await chunk_blocks(
+            blocks, self.embedder.count_tokens, s.chunk_tokens, s.chunk_overlap_tokens
+        )
+        vectors = await self.embedder.embed([c.embed_text for c in chunks])
+        now = time.time()
+        points = [
+            models.PointStruct(
+                id=point_id(doc_id, c.index),
+                vector=vectors[i].tolist(),
+                payload={
+                    "doc_id": doc_id,
+                    "chunk_index": c.index,
+                    "chunk_count": len(chunks),
+                    "headings": list(c.headings),
+                    "text": c.text,
+                    "tokens": c.tokens,
+                    "content_hash": content_hash,
+                    "content_type": content_type,
+                    "metadata": doc.metadata,
+                    "ingested_at": now,
+                },
+            )
+            for i, c in enumerate(chunks)
+        ]
+        try:
+            await self.store.upsert(collection, points)
+            # Chunks of the previous version past the new count carry the old hash: drop them.
+            await self.store.delete(collection, QdrantStore.doc_filter(doc_id, content_hash))
+        except Exception as exc:
+            log.exception("write of %s failed; removing its chunks", doc_id)
+            try:
+                await self.store.delete(collection, QdrantStore.doc_filter(doc_id))
+            except Exception:
+                log.exception("cleanup of %s failed", doc_id)
+            reason = exc.message if isinstance(exc, APIError) else str(exc)
+            return Outcome(doc_id, "failed", reason=f"write failed, document removed: {reason}")
+        self.m_chunks.inc(len(points))
+        return Outcome(doc_id, "added" if stored is None else "replaced", len(points))

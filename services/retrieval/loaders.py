@@ -1,0 +1,148 @@
+"""Turn a document (Markdown, HTML, PDF or plain text) into blocks that keep their headings.
+
+A block is a paragraph-level piece of text with the path of headings above it; the chunker
+packs blocks into chunks and never lets a chunk cross a heading.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+CONTENT_TYPES = {
+    "text/markdown": "markdown",
+    "text/x-markdown": "markdown",
+    "text/plain": "text",
+    "text/html": "html",
+    "application/xhtml+xml": "html",
+    "application/pdf": "pdf",
+}
+EXTENSIONS = {
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".rst": "text/plain",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+}
+
+
+class LoadError(ValueError):
+    """The document cannot be read; the message says why (reported per document)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    headings: tuple[str, ...]
+    text: str
+
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^(```|~~~)")
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def load_markdown(text: str) -> list[Block]:
+    blocks: list[Block] = []
+    path: list[tuple[int, str]] = []
+    buf: list[str] = []
+    in_fence = False
+
+    def flush() -> None:
+        heads = tuple(h for _, h in path)
+        for para in _paragraphs("\n".join(buf)):
+            blocks.append(Block(heads, para))
+        buf.clear()
+
+    for line in text.splitlines():
+        if _FENCE.match(line.strip()):
+            in_fence = not in_fence
+            buf.append(line)
+            continue
+        m = None if in_fence else _HEADING.match(line)
+        if m:
+            flush()
+            level = len(m.group(1))
+            path = [(lvl, h) for lvl, h in path if lvl < level]
+            path.append((level, m.group(2)))
+        else:
+            buf.append(line)
+    flush()
+    return blocks
+
+
+def load_text(text: str) -> list[Block]:
+    return [Block((), p) for p in _paragraphs(text)]
+
+
+def load_html(raw: str) -> list[Block]:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(raw, "html.parser")
+    for tag in soup(["script", "style", "noscript", "nav", "footer", "template"]):
+        tag.decompose()
+    blocks: list[Block] = []
+    path: list[tuple[int, str]] = []
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    body = soup.body or soup
+    for el in body.find_all(
+        ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "blockquote"]
+    ):
+        name = el.name or ""
+        text = el.get_text(" ", strip=True)
+        if not text:
+            continue
+        if name.startswith("h") and len(name) == 2:
+            level = int(name[1])
+            path = [(lvl, h) for lvl, h in path if lvl < level]
+            path.append((level, text))
+            continue
+        if el.find_parent(["li", "td", "blockquote", "pre"]) is not None:
+            continue  # its text is part of the enclosing block already
+        heads = tuple(h for _, h in path) or ((title,) if title else ())
+        blocks.append(Block(heads, re.sub(r"[ \t]+", " ", text)))
+    return blocks
+
+
+def load_pdf(data: bytes) -> list[Block]:
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except (PdfReadError, ValueError, KeyError, OSError) as exc:
+        raise LoadError(f"not a readable PDF: {exc}") from exc
+    blocks: list[Block] = []
+    for number, text in enumerate(pages, start=1):
+        for para in _paragraphs(text):
+            blocks.append(Block((f"page {number}",), re.sub(r"\s+", " ", para)))
+    return blocks
+
+
+def load(content: bytes | str, content_type: str) -> list[Block]:
+    kind = CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
+    if kind is None:
+        raise LoadError(
+            f"unsupported content_type {content_type!r}; use one of {', '.join(CONTENT_TYPES)}"
+        )
+    if kind == "pdf":
+        if isinstance(content, str):
+            raise LoadError("a PDF must be sent as content_base64")
+        blocks = load_pdf(content)
+    else:
+        if isinstance(content, bytes):
+            try:
+                content = content.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise LoadError(f"content is not UTF-8 text: {exc}") from exc
+        blocks = {"markdown": load_markdown, "html": load_html, "text": load_text}[kind](content)
+    if not blocks:
+        raise LoadError("the document has no text")
+    return blocks

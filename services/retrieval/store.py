@@ -1,0 +1,232 @@
+"""Qdrant access: one code path for the embedded local mode and a replicated server.
+
+Only the client's construction differs. Every call has a timeout; transient failures
+(timeouts, connection errors, 5xx, 429 with its retry delay, write-consistency failures) are
+retried with backoff and jitter, then surface as 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from tenacity import RetryCallState
+
+from services.common.errors import APIError
+from services.common.metrics import Metrics
+from services.common.retry import retry_after_seconds, retrying
+from services.retrieval.config import RetrievalSettings
+
+log = logging.getLogger("llmops.retrieval")
+T = TypeVar("T")
+
+FIELD_TYPES = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+    "datetime": models.PayloadSchemaType.DATETIME,
+    "text": models.PayloadSchemaType.TEXT,
+}
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, UnexpectedResponse):
+        code = exc.status_code or 0
+        return code == 429 or code >= 500
+    return isinstance(exc, (ResponseHandlingException, httpx.TransportError, TimeoutError))
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    if isinstance(exc, UnexpectedResponse):
+        return retry_after_seconds(exc.headers.get("retry-after"))
+    return None
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    points_count: int
+    vector_size: int
+
+
+class QdrantStore:
+    def __init__(self, settings: RetrievalSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        if settings.qdrant_url:
+            key = settings.qdrant_api_key
+            self.client = AsyncQdrantClient(
+                url=settings.qdrant_url,
+                api_key=key.get_secret_value() if key else None,
+                timeout=int(settings.qdrant_timeout_s),
+            )
+        else:
+            settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+            self.client = AsyncQdrantClient(path=str(settings.qdrant_path))
+        consistency = settings.read_consistency
+        self.read_consistency: Any = (
+            consistency if isinstance(consistency, int) else models.ReadConsistencyType(consistency)
+        )
+        self.m_errors = metrics.counter(
+            "retrieval_qdrant_errors_total",
+            "Qdrant calls that failed, by operation.",
+            ["operation"],
+        )
+        self.m_retries = metrics.counter(
+            "retrieval_qdrant_retries_total", "Qdrant calls retried, by operation.", ["operation"]
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+        def on_retry(state: RetryCallState) -> None:
+            self.m_retries.labels(operation).inc()
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("qdrant %s failed, retrying: %s", operation, exc)
+
+        try:
+            async for attempt in retrying(self.settings.qdrant_retries, _transient, on_retry):
+                with attempt:
+                    try:
+                        return await fn()
+                    except UnexpectedResponse as exc:
+                        exc.retry_after = _retry_after(exc)  # type: ignore[attr-defined]
+                        raise
+        except Exception as exc:
+            self.m_errors.labels(operation).inc()
+            if _transient(exc):
+                raise APIError(
+                    503,
+                    f"The vector store is unavailable ({operation}); retry later.",
+                    code="vector_store_unavailable",
+                    headers={"Retry-After": str(int(_retry_after(exc) or 2))},
+                ) from exc
+            raise
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.get_collections()
+            return True
+        except Exception:
+            return False
+
+    async def exists(self, name: str) -> bool:
+        return await self.call("collection_exists", lambda: self.client.collection_exists(name))
+
+    async def create(self, name: str, size: int, fields: dict[str, str]) -> None:
+        s = self.settings
+        await self.call(
+            "create_collection",
+            lambda: self.client.create_collection(
+                name,
+                vectors_config=models.VectorParams(size=size, distance=models.Distance.COSINE),
+                shard_number=s.shard_number,
+                replication_factor=s.replication_factor,
+                write_consistency_factor=s.write_consistency_factor,
+            ),
+        )
+        with warnings.catch_warnings():  # local mode says indexes have no effect there
+            warnings.simplefilter("ignore")
+            for field, kind in {"doc_id": "keyword", **fields}.items():
+                key = field if field == "doc_id" else f"metadata.{field}"
+                await self.call(
+                    "create_payload_index",
+                    lambda key=key, kind=kind: self.client.create_payload_index(  # type: ignore[misc]
+                        name, key, FIELD_TYPES[kind], wait=True
+                    ),
+                )
+
+    async def info(self, name: str) -> CollectionInfo | None:
+        if not await self.exists(name):
+            return None
+        got = await self.call("get_collection", lambda: self.client.get_collection(name))
+        vectors = got.config.params.vectors
+        size = vectors.size if isinstance(vectors, models.VectorParams) else 0
+        return CollectionInfo(name, int(got.points_count or 0), int(size))
+
+    async def all(self) -> list[CollectionInfo]:
+        got = await self.call("get_collections", self.client.get_collections)
+        out = []
+        for c in sorted(got.collections, key=lambda c: c.name):
+            info = await self.info(c.name)
+            if info:
+                out.append(info)
+        return out
+
+    async def drop(self, name: str) -> bool:
+        if not await self.exists(name):
+            return False
+        await self.call("delete_collection", lambda: self.client.delete_collection(name))
+        return True
+
+    @staticmethod
+    def doc_filter(doc_id: str, other_hash: str | None = None) -> models.Filter:
+        must: list[Any] = [
+            models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))
+        ]
+        must_not: list[Any] = []
+        if other_hash is not None:
+            must_not.append(
+                models.FieldCondition(key="content_hash", match=models.MatchValue(value=other_hash))
+            )
+        return models.Filter(must=must, must_not=must_not or None)
+
+    async def stored_hash(self, name: str, doc_id: str) -> str | None:
+        points, _ = await self.call(
+            "scroll",
+            lambda: self.client.scroll(
+                name, scroll_filter=self.doc_filter(doc_id), limit=1, with_payload=["content_hash"]
+            ),
+        )
+        if not points:
+            return None
+        return str((points[0].payload or {}).get("content_hash"))
+
+    async def count(self, name: str, flt: models.Filter | None = None) -> int:
+        got = await self.call(
+            "count", lambda: self.client.count(name, count_filter=flt, exact=True)
+        )
+        return int(got.count)
+
+    async def upsert(self, name: str, points: list[models.PointStruct]) -> None:
+        await self.call("upsert", lambda: self.client.upsert(name, points, wait=True))
+
+    async def delete(self, name: str, flt: models.Filter) -> None:
+        await self.call(
+            "delete",
+            lambda: self.client.delete(
+                name, points_selector=models.FilterSelector(filter=flt), wait=True
+            ),
+        )
+
+    async def search(
+        self,
+        name: str,
+        vector: list[float],
+        flt: models.Filter | None,
+        limit: int,
+        threshold: float | None,
+        with_vectors: bool,
+    ) -> list[models.ScoredPoint]:
+        got = await self.call(
+            "query",
+            lambda: self.client.query_points(
+                name,
+                query=vector,
+                query_filter=flt,
+                limit=limit,
+                score_threshold=threshold,
+                with_payload=True,
+                with_vectors=with_vectors,
+                consistency=self.read_consistency,
+            ),
+        )
+        return list(got.points)
