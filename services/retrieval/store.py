@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from tenacity import RetryCallState
 
@@ -37,6 +38,8 @@ FIELD_TYPES = {
 
 
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, ResourceExhaustedResponse):  # 429, with the server's retry delay
+        return True
     if isinstance(exc, UnexpectedResponse):
         code = exc.status_code or 0
         return code == 429 or code >= 500
@@ -44,6 +47,8 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _retry_after(exc: BaseException) -> float | None:
+    if isinstance(exc, ResourceExhaustedResponse):
+        return float(exc.retry_after_s)
     if isinstance(exc, UnexpectedResponse):
         return retry_after_seconds(exc.headers.get("retry-after"))
     return None
@@ -96,8 +101,8 @@ class QdrantStore:
                 with attempt:
                     try:
                         return await fn()
-                    except UnexpectedResponse as exc:
-                        exc.retry_after = _retry_after(exc)  # type: ignore[attr-defined]
+                    except (UnexpectedResponse, ResourceExhaustedResponse) as exc:
+                        exc.retry_after = _retry_after(exc)  # type: ignore[union-attr]
                         raise
         except Exception as exc:
             self.m_errors.labels(operation).inc()

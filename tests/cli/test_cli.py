@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,15 @@ def run(
     )  # fmt: skip
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def test_hash_key_matches_configured_digest() -> None:
     assert run("hash-key", API_KEY).stdout.strip() == API_KEY_HASH
     assert run("hash-key", stdin=API_KEY + "\n").stdout.strip() == API_KEY_HASH
@@ -39,10 +49,10 @@ def test_serve_with_bad_config_exits_2_with_one_clear_line() -> None:
 
 
 def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    base = free_port()
-    while base + 10 > 65535 or base < 2000:
-        base = free_port()
-    base -= 1  # embeddings is base + 1
+    while True:  # embeddings listens on base + 1, retrieval on base + 2
+        base = free_port() - 1
+        if 2000 < base < 65000 and _free(base + 1) and _free(base + 2):
+            break
     env = clean_env(LLMOPS_DATA_DIR=str(tmp_path))
     log = (tmp_path / "up.log").open("wb")
     cmd = [*LLMOPS, "up", "--base-port", str(base)]
@@ -70,6 +80,27 @@ def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         )
         assert r.status_code == 200
         assert httpx.get(f"{url}/v1/models").status_code == 401
+
+        # llmops ingest / search against the retrieval service `up` started.
+        retrieval = f"http://127.0.0.1:{base + 2}"
+        while httpx.get(f"{retrieval}/readyz", timeout=5).status_code != 200:
+            time.sleep(0.3)
+        cli_env = clean_env(LLMOPS_DATA_DIR=str(tmp_path), COLUMNS="200")
+        args = ["README.md", "docs", "--collection", "demo", "--url", retrieval]
+        first = run("ingest", *args, env=cli_env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "ingested into 'demo'" in first.stdout
+        again = run("ingest", *args, env=cli_env)
+        assert again.returncode == 0
+        row = next(line for line in again.stdout.splitlines() if line.startswith("│"))
+        cells = [c.strip() for c in row.split("│")[1:5]]
+        assert cells == ["0", "2", "0", "0"], again.stdout  # all unchanged
+        found = run(
+            "search", "how is the benchmark ratio computed", "--collection", "demo",
+            "--url", retrieval, "-k", "3", "--filter", "extension=md", env=cli_env,
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        assert "docs/benchmarks.md" in found.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
