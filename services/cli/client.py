@@ -177,7 +177,7 @@ def search(query: str, collection: str, top_k: int, filters: list[str], url: str
         text = " ".join((res.get("text") or "").split())
         table.add_row(
             str(rank), f"{res['score']:.3f}", str(res["doc_id"]),
-            " > ".join(res["headings"]), text[:300] + ("…" if len(text) > 300 else ""),
+            " > ".join(res["headings"]), text[:160] + ("…" if len(text) > 160 else ""),
         )  # fmt: skip
     console.print(table)
     if not results:

@@ -1,5 +1,8 @@
 """``llmops demo`` (``make demo``): the platform's main job on embedded defaults, offline.
 
+Embeddings through the OpenAI SDK, then the project's own README and docs ingested into the
+retrieval service (local Qdrant) and searched.
+
 It starts the services the way an operator would (``llmops up``, under honcho), talks to them
 only through their public APIs with the official ``openai`` SDK, prints what came back, and
 stops everything. Later issues grow it into the full RAG loop.
@@ -33,6 +36,11 @@ DOCS = [
     "Feedback from users becomes preference data for fine-tuning.",
 ]
 QUESTION = "Which component keeps the embeddings and finds similar ones?"
+QUESTIONS = [
+    "How do I run the test suite?",
+    "What happens when the embedding queue is full?",
+    "How does the benchmark compare the service with the model?",
+]
 
 
 def _free_base_port() -> int:
@@ -84,6 +92,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 def run_demo() -> int:
     from openai import BadRequestError, OpenAI
+
+    from services.cli.client import ingest, search
 
     base = _free_base_port()
     key = "sk-demo-" + secrets.token_urlsafe(16)
@@ -146,6 +156,22 @@ def run_demo() -> int:
             client.embeddings.create(model=model, input="")
         except BadRequestError as exc:
             console.print(f"bad input is refused with {exc.status_code}: {exc.message}")
+
+        retrieval = f"http://127.0.0.1:{base + SERVICES['retrieval'].port - 8000}"
+        _wait_ready(retrieval, proc)
+        console.rule("[bold]retrieval: ingest the project's docs, then search them[/]")
+        os.environ["LLMOPS_API_KEY"] = key
+        root = Path(__file__).resolve().parents[2]
+        cwd = Path.cwd()
+        os.chdir(root)  # document ids are paths relative to the repository
+        try:
+            if ingest([Path("README.md"), Path("docs")], "demo", retrieval, 16) != 0:
+                return 1
+            for question in QUESTIONS:
+                if search(question, "demo", 2, [], retrieval) != 0:
+                    return 1
+        finally:
+            os.chdir(cwd)
 
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
         for line in metrics.splitlines():
