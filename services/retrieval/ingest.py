@@ -71,7 +71,11 @@ class Ingestor:
         self.m_docs = metrics.counter(
             "retrieval_documents_total", "Documents ingested, by outcome.", ["outcome"]
         )
-        self.m_chunks = metrics.counter("retrieval_chunks_written_total", "Chunks written.")
+        self.m_chunks = metrics.counter(
+            "retrieval_chunks_total",
+            "Chunks of ingested documents, by the document's outcome.",
+            ["outcome"],
+        )
         self.m_seconds = metrics.histogram(
             "retrieval_ingest_seconds", "Seconds per ingest request."
         )
@@ -91,6 +95,7 @@ class Ingestor:
         self.m_seconds.observe(time.perf_counter() - started)
         for o in outcomes:
             self.m_docs.labels(o.status).inc()
+            self.m_chunks.labels(o.status).inc(o.chunks)
         return list(outcomes)
 
     async def _guarded(self, collection: str, doc: Document) -> Outcome:
@@ -150,5 +155,4 @@ class Ingestor:
                 log.exception("cleanup of %s failed", doc_id)
             reason = exc.message if isinstance(exc, APIError) else str(exc)
             return Outcome(doc_id, "failed", reason=f"write failed, document removed: {reason}")
-        self.m_chunks.inc(len(points))
         return Outcome(doc_id, "added" if stored is None else "replaced", len(points))

@@ -153,7 +153,10 @@ async def search(name: str, body: SearchRequest, request: Request) -> dict[str, 
             code="invalid_value",
         )
     flt = to_qdrant(body.filter)
-    info = await _collection(request, name)
+    store = _store(request)
+    size = await store.vector_size(name)
+    if size is None:
+        size = (await _collection(request, name)).vector_size  # the 404, or a just-created one
     if body.vector is not None:
         vector = body.vector
     else:
@@ -161,16 +164,24 @@ async def search(name: str, body: SearchRequest, request: Request) -> dict[str, 
             vector = (await request.app.state.embedder.embed([body.query]))[0].tolist()
         except EmbeddingsUnavailable as exc:
             raise _unavailable(exc) from exc
-    if len(vector) != info.vector_size:
+    if len(vector) != size:
         raise APIError(
             400,
-            f"'vector' has {len(vector)} dimensions; '{name}' holds {info.vector_size}.",
+            f"'vector' has {len(vector)} dimensions; '{name}' holds {size}.",
             param="vector",
             code="invalid_value",
         )
-    points = await _store(request).search(
-        name, vector, flt, body.top_k, body.score_threshold, body.with_vectors
-    )
+    try:
+        points = await store.search(
+            name, vector, flt, body.top_k, body.score_threshold, body.with_vectors
+        )
+    except Exception as exc:
+        if not QdrantStore.is_missing_collection(exc):
+            raise
+        store.forget(name)  # deleted through another replica since it was cached
+        await _collection(request, name)
+        raise
+
     results = []
     for p in points:
         payload = p.payload or {}

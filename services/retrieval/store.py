@@ -8,6 +8,7 @@ retried with backoff and jitter, then surface as 503 with ``Retry-After``.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from services.common.retry import retry_after_seconds, retrying
 from services.retrieval.config import RetrievalSettings
 
 log = logging.getLogger("llmops.retrieval")
+_SIZE_TTL_S = 5.0
 T = TypeVar("T")
 
 FIELD_TYPES = {
@@ -83,12 +85,30 @@ class QdrantStore:
             "Qdrant calls that failed, by operation.",
             ["operation"],
         )
+        self._sizes: dict[str, tuple[int, float]] = {}
         self.m_retries = metrics.counter(
             "retrieval_qdrant_retries_total", "Qdrant calls retried, by operation.", ["operation"]
         )
 
     async def close(self) -> None:
         await self.client.close()
+
+    async def vector_size(self, name: str) -> int | None:
+        """The collection's vector size, cached for a few seconds: searches must not pay two
+        extra Qdrant round trips to validate the collection."""
+        now = time.monotonic()
+        hit = self._sizes.get(name)
+        if hit and hit[1] > now:
+            return hit[0]
+        info = await self.info(name)
+        if info is None:
+            self._sizes.pop(name, None)
+            return None
+        self._sizes[name] = (info.vector_size, now + _SIZE_TTL_S)
+        return info.vector_size
+
+    def forget(self, name: str) -> None:
+        self._sizes.pop(name, None)
 
     async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
         def on_retry(state: RetryCallState) -> None:
@@ -167,6 +187,7 @@ class QdrantStore:
         return out
 
     async def drop(self, name: str) -> bool:
+        self.forget(name)
         if not await self.exists(name):
             return False
         await self.call("delete_collection", lambda: self.client.delete_collection(name))
@@ -211,6 +232,13 @@ class QdrantStore:
                 name, points_selector=models.FilterSelector(filter=flt), wait=True
             ),
         )
+
+    @staticmethod
+    def is_missing_collection(exc: BaseException) -> bool:
+        """Qdrant's 'no such collection' (server: 404; local mode: ValueError)."""
+        if isinstance(exc, UnexpectedResponse):
+            return exc.status_code == 404
+        return isinstance(exc, ValueError) and "not found" in str(exc).lower()
 
     async def search(
         self,

@@ -133,10 +133,13 @@ def test_one_bad_document_never_fails_the_others(api: httpx.Client, coll: str) -
 def test_collections_list_and_delete(api: httpx.Client) -> None:
     make_collection(api, "to-drop")
     ingest(api, "to-drop", [{"id": "x", "text": "Something to count."}])
+    assert api.post("/v1/collections/to-drop/search", json={"query": "count"}).status_code == 200
     listed = {c["name"]: c for c in api.get("/v1/collections").json()["data"]}
     assert listed["to-drop"]["points_count"] == 1 and listed["to-drop"]["vector_size"] == 384
     assert api.delete("/v1/collections/to-drop").json() == {"deleted": "to-drop"}
     assert "to-drop" not in {c["name"] for c in api.get("/v1/collections").json()["data"]}
+    r = api.post("/v1/collections/to-drop/search", json={"query": "count"})
+    assert_error(r, 404, "collection_not_found")
 
 
 def _routes() -> list[tuple[str, str]]:

@@ -223,3 +223,16 @@ def test_score_threshold(api: httpx.Client, filtered: str) -> None:
     hits = search(api, filtered, query="gateway release notes", top_k=10, score_threshold=0.3)
     assert hits and all(float(h["score"]) >= 0.3 for h in hits)  # type: ignore[arg-type]
     assert search(api, filtered, query="gateway release notes", score_threshold=0.999) == []
+
+
+def test_metrics_count_documents_chunks_and_searches(api: httpx.Client, filtered: str) -> None:
+    from tests.embeddings.test_api import metric
+
+    search(api, filtered, query="gateway", filter={"lang": "xx"})  # an empty result
+    text = api.get("/metrics").text
+    assert metric(text, "llmops_retrieval_documents_total", outcome="added") >= 4
+    assert metric(text, "llmops_retrieval_chunks_total", outcome="added") >= 4
+    assert metric(text, "llmops_retrieval_search_seconds_count") >= 1
+    assert metric(text, "llmops_retrieval_search_empty_total") >= 1
+    assert metric(text, "llmops_retrieval_ingest_seconds_count") >= 1
+    assert metric(text, "llmops_http_requests_total", route="/v1/collections/{name}/search") >= 1
