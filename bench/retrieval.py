@@ -6,8 +6,8 @@ In one run:
            in-process ``encode`` of the same chunk texts at batch 32 (``ingest_ratio``).
   search   the same query vectors and filter, one request at a time: through the service
            (``POST /v1/collections/{c}/search`` with ``vector``, so no embedding is involved) and
-           then straight through ``qdrant_client.QdrantClient(path=...)`` on the same data once
-           the service has released it. ``search_overhead_ms_p50`` is the difference of medians.
+           straight through ``qdrant_client.QdrantClient(path=...)`` on a copy of the same data,
+           alternating query by query. ``search_overhead_ms_p50`` is the difference of medians.
 
     .venv/bin/python bench/retrieval.py [--docs 60] [--queries 300]
 """
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -187,38 +188,43 @@ def main() -> None:
             rng = random.Random(9)
             queries = [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(args.queries)]
             vectors = model.encode(queries, batch_size=64).tolist()
+            # Local Qdrant is single-process: give the direct client its own copy of the data,
+            # then time the two side by side, query by query, in the same minutes.
+            stop(ret)
+            shutil.copytree(f"{tmp}/qdrant", f"{tmp}/direct")
+            ret, url = start("retrieval", env)
+
+            from qdrant_client import QdrantClient, models
+
+            direct = QdrantClient(path=f"{tmp}/direct")
+            qfilter = models.Filter(
+                must=[
+                    models.FieldCondition(key="metadata.group", match=models.MatchAny(any=[1, 3]))
+                ]
+            )
             raw = RawClient(url)
             bodies = [
                 json.dumps({"vector": v, "top_k": 10, "filter": flt, "with_text": False}).encode()
                 for v in vectors
             ]
-            for b in bodies[:20]:
+            for v, b in zip(vectors[:20], bodies[:20], strict=True):  # warm-up
                 raw.post("/v1/collections/bench/search", b)
-            service_ms = []
-            for b in bodies:
+                direct.query_points("bench", query=v, query_filter=qfilter, limit=10)
+            service_ms: list[float] = []
+            direct_ms: list[float] = []
+            for v, b in zip(vectors, bodies, strict=True):
                 t0 = time.perf_counter()
                 status, _ = raw.post("/v1/collections/bench/search", b)
                 service_ms.append((time.perf_counter() - t0) * 1000)
                 assert status == 200
+                t0 = time.perf_counter()
+                direct.query_points("bench", query=v, query_filter=qfilter, limit=10)
+                direct_ms.append((time.perf_counter() - t0) * 1000)
             raw.sock.close()
+            direct.close()
         finally:
             stop(ret)
             stop(emb)
-
-        from qdrant_client import QdrantClient, models
-
-        direct = QdrantClient(path=f"{tmp}/qdrant")
-        qfilter = models.Filter(
-            must=[models.FieldCondition(key="metadata.group", match=models.MatchAny(any=[1, 3]))]
-        )
-        for v in vectors[:20]:
-            direct.query_points("bench", query=v, query_filter=qfilter, limit=10)
-        direct_ms = []
-        for v in vectors:
-            t0 = time.perf_counter()
-            direct.query_points("bench", query=v, query_filter=qfilter, limit=10)
-            direct_ms.append((time.perf_counter() - t0) * 1000)
-        direct.close()
 
     s50, s99 = statistics.median(service_ms), pct(service_ms, 0.99)
     d50, d99 = statistics.median(direct_ms), pct(direct_ms, 0.99)
