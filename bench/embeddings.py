@@ -20,19 +20,14 @@ import hashlib
 import json
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-import httpx
+from _services import start, stop
 
-ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 WORDS = [
     "retrieval",
@@ -99,38 +94,15 @@ def bench_inprocess(model: Any, texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - start)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_service(backend: str, key_hash: str, cache: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "PROMETHEUS_"))}
-    env.update(
-        EMBEDDINGS_API_KEY_HASHES=key_hash,
-        EMBEDDINGS_BACKEND=backend,
-        EMBEDDINGS_CACHE_DIR=cache,
-    )  # logging, metrics, tracing and auth stay on, as in production
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve", "embeddings", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def start_service(backend: str, key_hash: str, cache: str) -> tuple[Any, str]:
+    return start(
+        "embeddings",
+        {
+            "EMBEDDINGS_API_KEY_HASHES": key_hash,
+            "EMBEDDINGS_BACKEND": backend,
+            "EMBEDDINGS_CACHE_DIR": cache,
+        },
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the service did not become ready")
 
 
 async def load(
@@ -231,8 +203,7 @@ def main() -> None:
                     file=sys.stderr,
                 )
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop(proc)
     median = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
     result = {
         "backend": args.backend,

@@ -20,19 +20,16 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
+from _services import start, stop
 
-ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 KEY = "sk-bench-key"
 VOCABULARY = (
@@ -40,40 +37,6 @@ VOCABULARY = (
     "retry fallback breaker trace metric alert dashboard dataset label rating deploy rollback"
 )
 WORDS = VOCABULARY.split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(service: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "RETRIEVAL_"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "serve", service, "--port", str(port)],
-        cwd=ROOT,
-        env={**base, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"{service} did not become ready")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
 
 
 class RawClient:

@@ -1,0 +1,58 @@
+"""Starting and stopping the platform's services as their own processes, for the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(service: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``llmops serve SERVICE`` on a free loopback port with ``env``; returns once it is ready.
+
+    Logging, metrics, tracing and auth stay on, as in production.
+    """
+    port = free_port()
+    ambient = ("EMBEDDINGS_", "RETRIEVAL_", "PROMETHEUS_", "LLMOPS_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(ambient)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "serve", service, "--port", str(port)],
+        cwd=ROOT,
+        env={**base, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{service} did not become ready")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
