@@ -55,6 +55,14 @@ def load_settings(spec: ServiceSpec) -> ServiceSettings:
 
 def serve(spec: ServiceSpec, *, host: str, port: int, workers: int) -> None:
     settings = load_settings(spec)
+    limit = settings.worker_limit()
+    if limit is not None and workers > limit[0]:
+        print(
+            f"llmops: cannot start {spec.name} with {workers} workers: {limit[1]}; "
+            f"use --workers {limit[0]} or scale with replicas",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     setup_logging(settings.log_level)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its samples here; /metrics sums them (see common/metrics.py).

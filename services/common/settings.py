@@ -119,6 +119,10 @@ class ServiceSettings(BaseSettings):
             out.append(digest)
         return out
 
+    def worker_limit(self) -> tuple[int, str] | None:
+        """At most how many worker processes this configuration supports, and why; None: any."""
+        return None
+
     @model_validator(mode="after")
     def _standard_otel_env(self) -> ServiceSettings:
         """Fall back to the standard OTEL_EXPORTER_OTLP_* variables an operator may already set."""

@@ -45,6 +45,11 @@ class RetrievalSettings(ServiceSettings):
     max_top_k: int = Field(100, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, gt=0)
 
+    def worker_limit(self) -> tuple[int, str] | None:
+        if self.qdrant_url:
+            return None
+        return 1, "local Qdrant (no RETRIEVAL_QDRANT_URL) is a single-process store"
+
     @model_validator(mode="after")
     def _overlap_fits(self) -> RetrievalSettings:
         if self.chunk_overlap_tokens >= self.chunk_tokens // 2:

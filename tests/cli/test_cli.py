@@ -44,6 +44,9 @@ def test_serve_with_bad_config_exits_2_with_one_clear_line() -> None:
     assert r.returncode == 2
     assert "no API keys configured" in r.stderr
     assert "Traceback" not in r.stderr
+    env = clean_env(RETRIEVAL_API_KEY_HASHES=API_KEY_HASH)
+    r = run("serve", "retrieval", "--workers", "2", "--port", str(free_port()), env=env)
+    assert r.returncode == 2 and "single-process store" in r.stderr
     r = run("serve", "nope")
     assert r.returncode == 2 and "unknown service" in r.stderr
 
