@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +82,9 @@ class Ingestor:
             "retrieval_ingest_seconds", "Seconds per ingest request."
         )
         self._parallel = asyncio.Semaphore(_PARALLEL_DOCUMENTS)
+        self._doc_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     def _hash(self, content: bytes | str, content_type: str, doc: Document) -> str:
         s = self.settings
@@ -99,7 +104,15 @@ class Ingestor:
         return list(outcomes)
 
     async def _guarded(self, collection: str, doc: Document) -> Outcome:
-        async with self._parallel:
+        # Two writes of one document must not interleave: each drops the chunks whose hash is
+        # not its own. (Documents without an id are named by their content: writers agree.)
+        # This lock covers one replica; across replicas see the closing notes.
+        lock = (
+            self._doc_locks.setdefault(f"{collection}\x00{doc.id}", asyncio.Lock())
+            if doc.id
+            else contextlib.nullcontext()
+        )
+        async with self._parallel, lock:
             try:
                 return await self._one(collection, doc)
             except (LoadError, EmbeddingsUnavailable) as exc:
