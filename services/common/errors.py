@@ -167,14 +167,18 @@ def _code_for(status: int) -> str | None:
     return {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(status)
 
 
-async def _unhandled(_: Request, exc: Exception) -> Response:
-    rid = current_request_id()
-    log.exception("unhandled error", exc_info=exc)
+def internal_error(request_id: str | None) -> Response:
+    """The 500 every service answers: no details, only the id to find them in the logs."""
     return error_response(
         500,
-        f"Internal server error. Quote request id {rid} when reporting it.",
+        f"Internal server error. Quote request id {request_id} when reporting it.",
         code="internal_error",
     )
+
+
+async def _unhandled(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return internal_error(current_request_id())
 
 
 def install_exception_handlers(app: FastAPI) -> None:

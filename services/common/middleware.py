@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import reset_request_id, set_request_id
-from services.common.errors import error_response
+from services.common.errors import error_response, internal_error
 from services.common.metrics import Metrics
 from services.common.tracing import extract_context, traceresponse
 
@@ -85,12 +85,7 @@ class RequestContextMiddleware:
                 error_log.exception("unhandled error on %s %s", method, path, exc_info=exc)
                 span.record_exception(exc)
                 if not started:
-                    response = error_response(
-                        500,
-                        f"Internal server error. Quote request id {rid} when reporting it.",
-                        code="internal_error",
-                    )
-                    await response(scope, receive, send_wrapper)
+                    await internal_error(rid)(scope, receive, send_wrapper)
             finally:
                 elapsed = time.perf_counter() - start
                 route = scope.get("route")

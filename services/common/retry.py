@@ -22,15 +22,25 @@ def retrying(
     attempts: int,
     is_transient: Callable[[BaseException], bool],
     on_retry: Callable[[RetryCallState], None] | None = None,
+    retry_after: Callable[[BaseException], float | None] | None = None,
     initial_s: float = 0.1,
     max_s: float = 2.0,
 ) -> AsyncRetrying:
-    """``async for attempt in retrying(...): with attempt: ...`` around one call."""
+    """``async for attempt in retrying(...): with attempt: ...`` around one call.
+
+    ``retry_after`` reads a server's delay hint from an exception; by default its
+    ``retry_after`` attribute (as :class:`Transient` carries).
+    """
     backoff = wait_exponential_jitter(initial=initial_s, max=max_s)
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        hint = getattr(exc, "retry_after", None)
+        if exc is None:
+            hint = None
+        elif retry_after is not None:
+            hint = retry_after(exc)
+        else:
+            hint = getattr(exc, "retry_after", None)
         if isinstance(hint, (int, float)) and hint > 0:
             return float(min(hint, MAX_RETRY_AFTER_S))
         return float(backoff(state))

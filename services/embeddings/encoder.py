@@ -142,27 +142,22 @@ class TorchEncoder:
         return np.ascontiguousarray(out.float().numpy(), dtype=np.float32)
 
 
-class _Wrapper:
-    """Gives the exporter a forward() taking the three tensors positionally."""
+def _positional(auto_model: Any) -> Any:
+    """The transformer with a forward() taking the three tensors positionally, for the exporter."""
+    import torch
 
-    @staticmethod
-    def build(auto_model: Any) -> Any:
-        import torch
+    class Positional(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = auto_model
 
-        class Wrapped(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = auto_model
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            return out.last_hidden_state
 
-            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-                out = self.inner(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    token_type_ids=token_type_ids,
-                )
-                return out.last_hidden_state
-
-        return Wrapped().eval()
+    return Positional().eval()
 
 
 def _fingerprint(model_dir: Path, quantization: str) -> str:
@@ -242,7 +237,7 @@ def _export_onnx(model_dir: Path, path: Path, quantization: str) -> None:
     log.info("exporting %s to ONNX (%s) at %s", model_dir, quantization, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-    wrapped = _Wrapper.build(model[0].auto_model)
+    wrapped = _positional(model[0].auto_model)
     sample = torch.tensor([[101, 2023, 102]], dtype=torch.int64)
     axes = {0: "batch", 1: "sequence"}
     fp32 = path.with_name(f"{path.stem}.{os.getpid()}.fp32.tmp.onnx")

@@ -10,13 +10,12 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
 
 from services.common.errors import APIError
 from services.embeddings.batcher import Batcher, BatcherStopped, QueueFull
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.encoder import Encoder, Vectors
-from services.embeddings.schemas import EmbeddingRequest, ModelCard
+from services.embeddings.schemas import EmbeddingRequest, ModelCard, TokenizeRequest
 
 router = APIRouter(tags=["embeddings"])
 
@@ -51,6 +50,17 @@ def _card(encoder: Encoder, created: int, name: str | None = None) -> ModelCard:
     )
 
 
+def _check_count(n: int, limit: int) -> None:
+    if n > limit:
+        raise APIError(
+            413,
+            f"'input' has {n} items; at most {limit} are accepted per request. "
+            "Split it into several requests.",
+            param="input",
+            code="too_many_inputs",
+        )
+
+
 def _texts(raw: str | list[Any], limit: int) -> list[str]:
     texts = [raw] if isinstance(raw, str) else raw
     if not texts:
@@ -60,14 +70,7 @@ def _texts(raw: str | list[Any], limit: int) -> list[str]:
             param="input",
             code="empty_input",
         )
-    if len(texts) > limit:
-        raise APIError(
-            413,
-            f"'input' has {len(texts)} items; at most {limit} are accepted per request. "
-            "Split it into several requests.",
-            param="input",
-            code="too_many_inputs",
-        )
+    _check_count(len(texts), limit)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise APIError(
@@ -213,27 +216,13 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     )
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input: str | list[str]
-    add_special_tokens: bool = True
-
-
 @router.post("/v1/tokenize", summary="Token counts with the model's tokenizer (as in TEI).")
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     """Lets callers (the retrieval chunker) size text in this model's tokens without loading it."""
     encoder, _ = _ready(request)
     settings: EmbeddingsSettings = request.app.state.settings
     texts = [body.input] if isinstance(body.input, str) else body.input
-    if len(texts) > settings.max_inputs_per_request:
-        raise APIError(
-            413,
-            f"'input' has {len(texts)} items; at most {settings.max_inputs_per_request} "
-            "are accepted per request.",
-            param="input",
-            code="too_many_inputs",
-        )
+    _check_count(len(texts), settings.max_inputs_per_request)
     ids = await asyncio.to_thread(encoder.tokenize, texts, False) if texts else []
     special = 0 if body.add_special_tokens else encoder.info.special_tokens
     return {

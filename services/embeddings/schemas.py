@@ -28,3 +28,10 @@ class ModelCard(BaseModel):
     dimensions: int
     max_input_tokens: int
     backend: str
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str]
+    add_special_tokens: bool = True

@@ -19,12 +19,12 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from qdrant_client import models
 
 from services.common.errors import APIError
+from services.common.metrics import Metrics
 from services.retrieval.chunking import chunk_blocks
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.embedder import EmbeddingsClient, EmbeddingsUnavailable
@@ -65,7 +65,7 @@ class Ingestor:
         settings: RetrievalSettings,
         store: QdrantStore,
         embedder: EmbeddingsClient,
-        metrics: Any,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.store = store

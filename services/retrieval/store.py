@@ -117,13 +117,11 @@ class QdrantStore:
             log.warning("qdrant %s failed, retrying: %s", operation, exc)
 
         try:
-            async for attempt in retrying(self.settings.qdrant_retries, _transient, on_retry):
+            async for attempt in retrying(
+                self.settings.qdrant_retries, _transient, on_retry, retry_after=_retry_after
+            ):
                 with attempt:
-                    try:
-                        return await fn()
-                    except (UnexpectedResponse, ResourceExhaustedResponse) as exc:
-                        exc.retry_after = _retry_after(exc)  # type: ignore[union-attr]
-                        raise
+                    return await fn()
         except Exception as exc:
             self.m_errors.labels(operation).inc()
             if _transient(exc):
