@@ -35,7 +35,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("EMBEDDINGS_", "LLMOPS_", "PROMETHEUS_MULTIPROC", "OTEL_"))
+        if not k.startswith(
+            (
+                "EMBEDDINGS_",
+                "RETRIEVAL_",
+                "LLM_PROXY_",
+                "LOCAL_LLM_",
+                "LLMOPS_",
+                "PROMETHEUS_MULTIPROC",
+                "OTEL_",
+            )
+        )
         and k != "ENV"
     }
     env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})

@@ -100,7 +100,7 @@ def build_app(
     install_exception_handlers(app)
     app.include_router(health_router)
     # Added innermost first: requests pass context -> body limit -> auth -> routes.
-    if not settings.auth_disabled:
+    if settings.static_api_keys and not settings.auth_disabled:
         app.add_middleware(AuthMiddleware, key_hashes=settings.api_key_hashes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, state=app.state)

@@ -41,6 +41,18 @@ SERVICES: dict[str, ServiceSpec] = {
         "services.retrieval.config:RetrievalSettings",
         8002,
     ),
+    "llm-proxy": ServiceSpec(
+        "llm-proxy",
+        "services.llm_proxy.app:create_app",
+        "services.llm_proxy.config:ProxySettings",
+        8003,
+    ),
+    "local-llm": ServiceSpec(
+        "local-llm",
+        "services.local_llm.app:create_app",
+        "services.local_llm.config:LocalLLMSettings",
+        8004,
+    ),
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -62,6 +62,9 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LLMOPS_", extra="ignore", case_sensitive=False, populate_by_name=True
     )
+
+    # False for a service that authenticates callers itself (the LLM proxy's virtual keys).
+    static_api_keys: ClassVar[bool] = True
 
     env: Environment = Field(
         "production",
@@ -149,7 +152,7 @@ class ServiceSettings(BaseSettings):
                 raise SettingsError(
                     f"{prefix}AUTH_DISABLED=true is only allowed with ENV=dev (ENV={self.env})"
                 )
-        if not self.auth_disabled and not self.api_key_hashes:
+        if self.static_api_keys and not self.auth_disabled and not self.api_key_hashes:
             raise SettingsError(
                 f"no API keys configured: set {prefix}API_KEY_HASHES "
                 f"(or {prefix}API_KEY_HASHES_FILE) "

@@ -1,0 +1,134 @@
+"""Admin API (master key only): virtual keys, spend, and the routing state."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.common.errors import APIError
+from services.llm_proxy.auth import Admin
+from services.llm_proxy.keys import key_view
+from services.llm_proxy.router import STATE_NAMES
+from services.llm_proxy.state import ProxyState
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def _state(request: Request) -> ProxyState:
+    state: ProxyState = request.app.state.proxy
+    return state
+
+
+State = Annotated[ProxyState, Depends(_state)]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    aliases: list[str] | None = Field(None, description="Models the key may use; null: all.")
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_budget_usd: float | None = Field(None, ge=0)
+    expires_at: datetime | None = None
+    expires_in_s: float | None = Field(None, gt=0)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> KeyCreate:
+        if self.expires_at is not None and self.expires_in_s is not None:
+            raise ValueError("give expires_at or expires_in_s, not both")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            self.expires_at = self.expires_at.replace(tzinfo=UTC)
+        return self
+
+
+@router.post("/keys", status_code=201, summary="Create a virtual key; the key is shown once.")
+async def create_key(body: KeyCreate, state: State, _: Admin) -> dict[str, Any]:
+    if body.aliases is not None:
+        unknown = sorted(set(body.aliases) - set(state.router.catalog.aliases))
+        if unknown:
+            raise APIError(
+                400,
+                f"Unknown model alias(es): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(state.router.catalog.aliases))}.",
+                param="aliases",
+                code="unknown_alias",
+            )
+    expires = body.expires_at
+    if body.expires_in_s is not None:
+        expires = datetime.now(UTC) + timedelta(seconds=body.expires_in_s)
+    row, plain = await asyncio.to_thread(
+        state.store.create,
+        name=body.name,
+        aliases=body.aliases,
+        rpm=body.rpm,
+        tpm=body.tpm,
+        max_budget_usd=body.max_budget_usd,
+        expires_at=expires,
+        metadata=body.metadata,
+    )
+    return {**key_view(row), "key": plain}
+
+
+@router.get("/keys", summary="List keys (never the keys themselves).")
+async def list_keys(
+    state: State, _: Admin, include_revoked: Annotated[bool, Query()] = False
+) -> dict[str, Any]:
+    rows = await asyncio.to_thread(state.store.all, include_revoked)
+    return {"object": "list", "data": [key_view(r) for r in rows]}
+
+
+@router.get("/keys/{key_id}", summary="One key, with its spend per alias and deployment.")
+async def get_key(key_id: str, state: State, _: Admin) -> dict[str, Any]:
+    row = await asyncio.to_thread(state.store.get, key_id)
+    if row is None:
+        raise APIError(404, f"No key with id '{key_id}'.", code="key_not_found")
+    spend = await asyncio.to_thread(state.store.spend, key_id)
+    return {**key_view(row), "spend": spend}
+
+
+@router.delete("/keys/{key_id}", summary="Revoke a key; every replica refuses it within the TTL.")
+async def revoke_key(key_id: str, state: State, _: Admin) -> dict[str, Any]:
+    row, key_hash = await asyncio.to_thread(state.store.revoke, key_id)
+    if row is None or key_hash is None:
+        raise APIError(404, f"No key with id '{key_id}'.", code="key_not_found")
+    state.keys.forget(key_hash)
+    return key_view(row)
+
+
+@router.get("/spend", summary="Spend per key, alias and deployment (written in batches).")
+async def spend(state: State, _: Admin) -> dict[str, Any]:
+    await state.spend.flush()
+    return {"object": "list", "data": await asyncio.to_thread(state.store.spend, None)}
+
+
+@router.get("/routing", summary="Aliases, deployments, breaker states and the config status.")
+async def routing(state: State, _: Admin) -> dict[str, Any]:
+    r = state.router
+    breakers = r.breaker_states()
+    return {
+        "config_path": str(state.settings.config_path),
+        "config_error": state.config_error,
+        "aliases": {
+            name: {
+                "strategy": spec.strategy,
+                "deployments": [t.model_dump() for t in spec.deployments],
+                "fallbacks": spec.fallbacks,
+            }
+            for name, spec in r.catalog.aliases.items()
+        },
+        "deployments": {
+            name: {
+                "api_base": st.deployment.api_base,
+                "model": st.deployment.model,
+                "circuit": STATE_NAMES[breakers[name]],
+                "latency_ewma_ms": None if st.ewma_s is None else round(st.ewma_s * 1000, 3),
+            }
+            for name, st in r.states.items()
+        },
+    }

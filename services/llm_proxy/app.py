@@ -1,0 +1,145 @@
+"""LLM proxy: ``create_app(settings)``; the lifespan owns the upstream pool, Redis, the key
+store, the spend writer and the routing-config watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from services.common.app import build_app
+from services.llm_proxy import admin, routes
+from services.llm_proxy.catalog import Catalog, CatalogWatcher, load_catalog
+from services.llm_proxy.config import ProxySettings
+from services.llm_proxy.db import migrate
+from services.llm_proxy.gateway import Gateway, ProxyMetrics
+from services.llm_proxy.keys import KeyCache, KeyStore, make_engine
+from services.llm_proxy.limits import Limiter, MemoryLimiter, RedisLimiter
+from services.llm_proxy.router import Router
+from services.llm_proxy.spend import SpendLog
+from services.llm_proxy.state import ProxyState
+from services.llm_proxy.upstream import create_session
+
+log = logging.getLogger("llmops.llm_proxy")
+
+
+def _limiter(settings: ProxySettings, metrics: ProxyMetrics) -> Limiter:
+    if settings.redis_url is None:
+        return MemoryLimiter()
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+    return RedisLimiter(
+        redis,
+        fail_open=settings.redis_fail_mode == "open",
+        backoff_s=settings.redis_retry_after_s,
+        on_error=metrics.redis_errors.inc,
+    )
+
+
+async def _publish_breakers(state: ProxyState) -> None:
+    """Keep the circuit-state gauge current, half-open transitions included."""
+    while True:
+        for name, value in state.router.breaker_states().items():
+            state.metrics.circuit_state.labels(name).set(value)
+        await asyncio.sleep(1.0)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: ProxySettings = app.state.settings
+    metrics: ProxyMetrics = app.state.proxy_metrics
+    catalog, keys = load_catalog(settings.config_path)
+    router = Router(catalog, keys)
+    engine = make_engine(settings.database_url.get_secret_value())
+    if settings.auto_migrate:
+        await asyncio.to_thread(migrate, engine)
+    store = KeyStore(engine)
+    limiter = _limiter(settings, metrics)
+    session = create_session(settings.max_connections, settings.connect_timeout_s)
+    spend = SpendLog(store, settings.spend_flush_s)
+    master = settings.master_key
+    state = ProxyState(
+        settings=settings,
+        router=router,
+        session=session,
+        limiter=limiter,
+        store=store,
+        keys=KeyCache(store, settings.key_cache_ttl_s),
+        spend=spend,
+        metrics=metrics,
+        gateway=Gateway(lambda: state.router, limiter, metrics, settings.connect_timeout_s),
+        master_hash=None
+        if master is None
+        else hashlib.sha256(master.get_secret_value().encode()).digest(),
+        started_at=int(time.time()),
+    )
+
+    def reloaded(new: Catalog, new_keys: dict[str, str | None]) -> None:
+        state.router.swap(new, new_keys)
+        state.config_error = None
+        metrics.config_reloads.labels("ok").inc()
+
+    def rejected(error: str) -> None:
+        state.config_error = error
+        metrics.config_reloads.labels("rejected").inc()
+
+    watcher = CatalogWatcher(settings.config_path, settings.config_reload_s, reloaded, rejected)
+    app.state.proxy = state
+    spend.start()
+    watcher.start()
+    publisher = asyncio.create_task(_publish_breakers(state), name="breaker-gauges")
+    log.info(
+        "llm proxy ready",
+        extra={
+            "aliases": sorted(catalog.aliases),
+            "deployments": len(catalog.deployments),
+            "limiter": "redis" if settings.redis_url else "memory",
+            "database": engine.url.get_backend_name(),
+        },
+    )
+    try:
+        yield
+    finally:
+        publisher.cancel()
+        await watcher.stop()
+        await state.drain()
+        await spend.stop()
+        await session.close()
+        await limiter.close()
+        engine.dispose()
+
+
+async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
+    state: ProxyState | None = getattr(app.state, "proxy", None)
+    if state is None:
+        return False, {"reason": "starting"}
+    try:
+        await asyncio.to_thread(state.store.ping)
+    except Exception as exc:
+        return False, {"reason": f"the key store does not answer ({type(exc).__name__})"}
+    detail: dict[str, Any] = {"aliases": len(state.router.catalog.aliases)}
+    if isinstance(state.limiter, RedisLimiter):
+        detail["redis"] = "ok" if await state.limiter.ping() else "unreachable"
+    if state.config_error:
+        detail["config_error"] = state.config_error
+    return True, detail
+
+
+def create_app(settings: ProxySettings | None = None) -> FastAPI:
+    settings = settings or ProxySettings()
+    app = build_app(settings, title="llmops llm-proxy", lifespan=lifespan, readiness=readiness)
+    app.state.proxy_metrics = ProxyMetrics.create(app.state.metrics)
+    app.include_router(routes.router)
+    app.include_router(admin.router)
+    return app

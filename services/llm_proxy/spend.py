@@ -1,0 +1,78 @@
+"""Spend per key, alias and deployment, summed in memory and written in batches.
+
+The request path only adds to a dict; a background task writes the sums every
+``spend_flush_s`` in one transaction. A failed write keeps the sums for the next try, and the
+last batch is written at shutdown. Budgets are enforced from the limiter's counters, not from
+these rows, so batching never lets a key overspend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from services.llm_proxy.keys import KeyStore
+
+log = logging.getLogger("llmops.llm_proxy.spend")
+
+Row = tuple[str, str, str]  # key id, alias, deployment
+
+
+class SpendLog:
+    def __init__(self, store: KeyStore, interval_s: float) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._pending: dict[Row, list[float]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def add(
+        self, key_id: str, alias: str, deployment: str, tin: int, tout: int, cost: float
+    ) -> None:
+        sums = self._pending.get((key_id, alias, deployment))
+        if sums is None:
+            self._pending[(key_id, alias, deployment)] = [1, tin, tout, cost]
+        else:
+            sums[0] += 1
+            sums[1] += tin
+            sums[2] += tout
+            sums[3] += cost
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="spend-writer")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()
+
+    async def flush(self) -> int:
+        """Write what has accumulated; returns the number of rows written."""
+        async with self._lock:
+            if not self._pending:
+                return 0
+            batch, self._pending = self._pending, {}
+            rows = [
+                (k, a, d, int(s[0]), int(s[1]), int(s[2]), float(s[3]))
+                for (k, a, d), s in batch.items()
+            ]
+            try:
+                await asyncio.to_thread(self.store.add_spend, rows)
+            except Exception as exc:
+                log.error(
+                    "spend write failed; keeping %d rows for the next try: %s", len(rows), exc
+                )
+                for row, sums in batch.items():
+                    mine = self._pending.setdefault(row, [0, 0, 0, 0.0])
+                    for i in range(4):
+                        mine[i] += sums[i]
+                return 0
+            return len(rows)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
