@@ -170,6 +170,74 @@ def hash_key_cmd(
     print(hash_key(value))
 
 
+keys_app = typer.Typer(
+    help="Virtual keys of the LLM proxy (needs the master key: $LLMOPS_MASTER_KEY).",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+ProxyURL = Annotated[
+    str | None, typer.Option("--url", help="Proxy URL; default $LLMOPS_PROXY_URL or :8003.")
+]
+MasterKey = Annotated[
+    str | None,
+    typer.Option("--master-key", help="Default: $LLMOPS_MASTER_KEY.", show_default=False),
+]
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str | None, typer.Option(help="A label for people.")] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option("--alias", "-a", help="Allowed model alias (repeat).")
+    ] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")] = None,
+    budget: Annotated[float | None, typer.Option(min=0, help="Max budget in USD.")] = None,
+    expires_in: Annotated[float | None, typer.Option(min=1, help="Seconds until expiry.")] = None,
+    url: ProxyURL = None,
+    master_key: MasterKey = None,
+) -> None:
+    """Create a key and print it once (on stdout, so it can be captured)."""
+    from services.cli import keys
+
+    fields = {
+        "name": name,
+        "aliases": alias or None,
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_budget_usd": budget,
+        "expires_in_s": expires_in,
+    }
+    with keys.admin_client(url, master_key) as client:
+        raise typer.Exit(keys.create(client, {k: v for k, v in fields.items() if v is not None}))
+
+
+@keys_app.command("list")
+def keys_list(
+    include_revoked: Annotated[bool, typer.Option("--all", help="Show revoked keys too.")] = False,
+    url: ProxyURL = None,
+    master_key: MasterKey = None,
+) -> None:
+    """List keys with their limits and spend (never the keys themselves)."""
+    from services.cli import keys
+
+    with keys.admin_client(url, master_key) as client:
+        raise typer.Exit(keys.list_keys(client, include_revoked))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `llmops keys list`).")],
+    url: ProxyURL = None,
+    master_key: MasterKey = None,
+) -> None:
+    """Revoke a key: refused everywhere within the proxy's key cache TTL."""
+    from services.cli import keys
+
+    with keys.admin_client(url, master_key) as client:
+        raise typer.Exit(keys.revoke(client, key_id))
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv)
 
