@@ -1,7 +1,8 @@
 """``llmops demo`` (``make demo``): the platform's main job on embedded defaults, offline.
 
 Embeddings through the OpenAI SDK, then the project's own README and docs ingested into the
-retrieval service (local Qdrant) and searched.
+retrieval service (local Qdrant) and searched, then chat completions through the LLM proxy from
+the local model (SmolLM2-135M-Instruct), with a virtual key made for the occasion.
 
 It starts the services the way an operator would (``llmops up``, under honcho), talks to them
 only through their public APIs with the official ``openai`` SDK, prints what came back, and
@@ -90,6 +91,64 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
+def _chat(base: int, master_key: str, proc: subprocess.Popen[bytes]) -> int:
+    """A virtual key, a chat completion and a streamed one, through the proxy."""
+    from openai import OpenAI
+
+    proxy = f"http://127.0.0.1:{base + SERVICES['llm-proxy'].port - 8000}"
+    local = f"http://127.0.0.1:{base + SERVICES['local-llm'].port - 8000}"
+    console.rule("[bold]llm-proxy: chat with the local model through a virtual key[/]")
+    _wait_ready(proxy, proc)
+    waited = _wait_ready(local, proc)
+    console.print(f"proxy at {proxy}; local model ready after {waited:.1f}s more")
+    r = httpx.post(
+        f"{proxy}/admin/keys",
+        headers={"Authorization": f"Bearer {master_key}"},
+        json={"name": "demo", "aliases": ["smollm2"], "rpm": 60, "max_budget_usd": 1.0},
+        timeout=30,
+    )
+    r.raise_for_status()
+    created = r.json()
+    console.print(f"virtual key {created['key_hint']} (aliases {created['aliases']}, rpm 60)")
+    client = OpenAI(base_url=f"{proxy}/v1", api_key=created["key"], max_retries=0)
+    console.print(f"models this key may use: {[m.id for m in client.models.list()]}")
+    question = "What is the capital of France?"
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": question}],
+        max_tokens=32,
+        temperature=0,
+    )
+    answer = raw.parse()
+    usage = answer.usage
+    console.print(f"[bold]Q:[/] {question}")
+    console.print(f"[bold]A:[/] {(answer.choices[0].message.content or '').strip()}")
+    if usage is not None:
+        console.print(
+            f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens, "
+            f"served by {raw.headers.get('x-llmops-deployment')}, "
+            f"proxy overhead {raw.headers.get('x-llmops-overhead-ms')} ms"
+        )
+    console.print("[bold]streamed:[/] ", end="")
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            console.print(chunk.choices[0].delta.content, end="")
+    console.print()
+    proxy_metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
+    for line in proxy_metrics.splitlines():
+        if line.startswith(("llmops_llm_tokens_total", "llmops_llm_requests_total")):
+            console.print(f"metrics: {line}")
+    return 0
+
+
 def run_demo() -> int:
     from openai import BadRequestError, OpenAI
 
@@ -100,6 +159,8 @@ def run_demo() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="llmops-demo-"))
     env = dict(os.environ, LLMOPS_API_KEY=key, LLMOPS_DATA_DIR=str(data_dir), ENV="dev")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    # The converted local model is kept between demos (converting the GGUF takes a while).
+    env.setdefault("LOCAL_LLM_CACHE_DIR", str(Path(".llmops/cache/local-llm").resolve()))
     log_path = data_dir / "platform.log"
     console.rule("[bold]llmops demo[/]")
     console.print(f"starting the platform (llmops up), logs in {log_path}")
@@ -172,6 +233,9 @@ def run_demo() -> int:
                     return 1
         finally:
             os.chdir(cwd)
+
+        if _chat(base, key, proc) != 0:
+            return 1
 
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
         for line in metrics.splitlines():

@@ -82,8 +82,57 @@ def up_environment(key: str, data_dir: Path, host: str, base_port: int) -> dict[
     env.setdefault("RETRIEVAL_EMBEDDINGS_API_KEY", key)
     env.setdefault("RETRIEVAL_QDRANT_PATH", str(data_dir / "qdrant"))
     env.setdefault("EMBEDDINGS_CACHE_DIR", str(data_dir / "cache" / "embeddings"))
+    env.setdefault("LOCAL_LLM_CACHE_DIR", str(data_dir / "cache" / "local-llm"))
+    # The proxy: the dev key is also its master key; its upstreams are the local services.
+    env.setdefault("LLM_PROXY_MASTER_KEY", key)
+    env.setdefault("LLM_PROXY_DATABASE_URL", f"sqlite:///{data_dir / 'llm-proxy.db'}")
+    env["LLMOPS_LOCAL_UPSTREAM_KEY"] = key
+    if "LLM_PROXY_CONFIG_PATH" not in env:
+        path = data_dir / "llm-proxy.yaml"
+        write_local_routing(path, host, base_port)
+        env["LLM_PROXY_CONFIG_PATH"] = str(path)
     env.pop("LLMOPS_API_KEY", None)
     return env
+
+
+def write_local_routing(path: Path, host: str, base_port: int) -> None:
+    """The proxy's routing for ``llmops up``: the local model and the embeddings service."""
+    import yaml
+
+    def port(name: str) -> int:
+        return base_port + SERVICES[name].port - 8000
+
+    config = {
+        "deployments": [
+            {
+                "name": "local-smollm2",
+                "api_base": f"http://{host}:{port('local-llm')}/v1",
+                "model": "smollm2-135m-instruct",
+                "api_key_env": "LLMOPS_LOCAL_UPSTREAM_KEY",
+                "timeout_s": 300,
+                "max_retries": 1,
+            },
+            {
+                "name": "local-minilm",
+                "api_base": f"http://{host}:{port('embeddings')}/v1",
+                "model": "all-MiniLM-L6-v2",
+                "mode": "embeddings",
+                "api_key_env": "LLMOPS_LOCAL_UPSTREAM_KEY",
+            },
+        ],
+        "aliases": {
+            "smollm2": {"deployments": [{"deployment": "local-smollm2"}]},
+            "all-MiniLM-L6-v2": {"deployments": [{"deployment": "local-minilm"}]},
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "# Written by `llmops up`; set LLM_PROXY_CONFIG_PATH to use your own.\n"
+        + yaml.safe_dump(config, sort_keys=False),
+        encoding="utf-8",
+    )
+    tmp.replace(path)
 
 
 @app.command("up")

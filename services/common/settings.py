@@ -16,7 +16,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -163,8 +170,20 @@ class ServiceSettings(BaseSettings):
 
 
 def settings_error_text(exc: BaseException) -> str:
-    """The error with its causes: pydantic-settings wraps a source's error in a vaguer one."""
-    parts = [str(exc)]
+    """The error with its causes: pydantic-settings wraps a source's error in a vaguer one.
+
+    Never pydantic's own text for a validation error: it repeats the input values, secrets
+    included.
+    """
+    if isinstance(exc, ValidationError):
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False, include_context=False):
+            where = ".".join(str(p) for p in err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}" if where else msg)
+        parts = ["; ".join(problems)]
+    else:
+        parts = [str(exc)]
     cause = exc.__cause__
     while cause is not None:
         parts.append(str(cause))

@@ -24,7 +24,8 @@ class ProxySettings(ServiceSettings):
     service_name: str = "llm-proxy"
 
     config_path: Path = Field(
-        Path("deploy/llm-proxy.yaml"), description="The routing YAML; reloaded when it changes."
+        Path("/etc/llmops/llm-proxy.yaml"),
+        description="The routing YAML (a mounted ConfigMap); reloaded when it changes.",
     )
     config_reload_s: float = Field(2.0, ge=0, description="How often to check the file; 0: never.")
 
@@ -72,4 +73,15 @@ class ProxySettings(ServiceSettings):
             )
         if self.master_key is not None and len(self.master_key.get_secret_value()) < 16:
             raise SettingsError("LLM_PROXY_MASTER_KEY must be at least 16 characters")
+        return self
+
+    @model_validator(mode="after")
+    def _routing_loads(self) -> ProxySettings:
+        """Refuse to start on a missing or broken routing file: one clear line, no traceback."""
+        from services.llm_proxy.catalog import CatalogError, load_catalog
+
+        try:
+            load_catalog(self.config_path)
+        except CatalogError as exc:
+            raise SettingsError(f"{exc} (set LLM_PROXY_CONFIG_PATH)") from exc
         return self
