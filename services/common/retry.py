@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -31,7 +32,8 @@ def retrying(
     ``retry_after`` reads a server's delay hint from an exception; by default its
     ``retry_after`` attribute (as :class:`Transient` carries).
     """
-    backoff = wait_exponential_jitter(initial=initial_s, max=max_s)
+    # Jitter proportional to the first wait (tenacity's default is a flat 1 s).
+    backoff = wait_exponential_jitter(initial=initial_s, max=max_s, jitter=initial_s)
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -52,6 +54,15 @@ def retrying(
         before_sleep=on_retry,
         reraise=True,
     )
+
+
+def first_delay(exc: BaseException, initial_s: float, max_s: float) -> float:
+    """The wait before the first retry, for a caller that made its first attempt without
+    tenacity (a hot path): the server's hint if any, else the same jittered backoff."""
+    hint = getattr(exc, "retry_after", None)
+    if isinstance(hint, (int, float)) and hint > 0:
+        return float(min(hint, MAX_RETRY_AFTER_S))
+    return min(max_s, initial_s + random.uniform(0, initial_s))
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -6,24 +6,16 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.common.errors import APIError
 from services.llm_proxy.auth import Admin
 from services.llm_proxy.keys import key_view
 from services.llm_proxy.router import STATE_NAMES
-from services.llm_proxy.state import ProxyState
+from services.llm_proxy.state import State
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-
-
-def _state(request: Request) -> ProxyState:
-    state: ProxyState = request.app.state.proxy
-    return state
-
-
-State = Annotated[ProxyState, Depends(_state)]
 
 
 class KeyCreate(BaseModel):

@@ -113,7 +113,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         publisher.cancel()
         await watcher.stop()
-        await state.drain()
         await spend.stop()
         await session.close()
         await limiter.close()

@@ -18,7 +18,7 @@ from tenacity import RetryCallState
 
 from services.common.errors import APIError
 from services.common.metrics import Metrics
-from services.common.retry import retrying
+from services.common.retry import first_delay, retrying
 from services.llm_proxy.limits import Limiter, Limits, RateLimited
 from services.llm_proxy.router import OPEN, Candidate, CircuitBreaker, Router
 from services.llm_proxy.upstream import CLIENT, NEXT, RETRY, UpstreamError
@@ -148,6 +148,10 @@ class Gateway:
         previous: str | None = None
         upstream_s = 0.0
         attempts = 0
+
+        def on_retry_exc(name: str, exc: BaseException | None) -> None:
+            self.metrics.retries.labels(name, _reason(exc) if exc else "unknown").inc()
+
         for cand in router.plan(alias):
             st = cand.state
             dep = st.deployment
@@ -178,39 +182,52 @@ class Gateway:
 
             def on_retry(state: RetryCallState, name: str = dep.name) -> None:
                 exc = state.outcome.exception() if state.outcome else None
-                self.metrics.retries.labels(name, _reason(exc) if exc else "unknown").inc()
+                on_retry_exc(name, exc)
+
+            async def once(cand: Candidate = cand) -> T:
+                nonlocal attempts, upstream_s
+                st, breaker = cand.state, cand.state.breaker
+                attempts += 1
+                started = time.perf_counter()
+                try:
+                    result = await attempt(cand)
+                except UpstreamError as exc:
+                    elapsed = time.perf_counter() - started
+                    upstream_s += elapsed
+                    self.metrics.upstream_seconds.labels(st.deployment.name).observe(elapsed)
+                    # A request the upstream rejects as invalid says nothing about its health.
+                    breaker.record(exc.action == CLIENT, time.monotonic())
+                    raise
+                except asyncio.CancelledError:
+                    breaker.release()
+                    raise
+                elapsed = time.perf_counter() - started
+                upstream_s += elapsed
+                self.metrics.upstream_seconds.labels(st.deployment.name).observe(elapsed)
+                breaker.record(True, time.monotonic())
+                st.observe_latency(elapsed, opts.ewma_alpha)
+                return result
 
             try:
+                try:
+                    # The first attempt runs bare: tenacity's bookkeeping only when retrying.
+                    return await once(), Outcome(cand, attempts, upstream_s)
+                except UpstreamError as first:
+                    if dep.max_retries == 0 or not transient(first):
+                        raise
+                    on_retry_exc(dep.name, first)
+                    await asyncio.sleep(
+                        first_delay(first, opts.backoff_initial_s, opts.backoff_max_s)
+                    )
                 async for retry in retrying(
-                    dep.max_retries,
+                    dep.max_retries - 1,
                     transient,
                     on_retry,
-                    initial_s=opts.backoff_initial_s,
+                    initial_s=opts.backoff_initial_s * 2,  # the first wait is behind us
                     max_s=opts.backoff_max_s,
                 ):
                     with retry:
-                        attempts += 1
-                        started = time.perf_counter()
-                        try:
-                            result = await attempt(cand)
-                        except UpstreamError as exc:
-                            elapsed = time.perf_counter() - started
-                            upstream_s += elapsed
-                            self.metrics.upstream_seconds.labels(dep.name).observe(elapsed)
-                            if exc.action == CLIENT:
-                                breaker.record(True, time.monotonic())
-                            else:
-                                breaker.record(False, time.monotonic())
-                            raise
-                        except asyncio.CancelledError:
-                            breaker.release()
-                            raise
-                        elapsed = time.perf_counter() - started
-                        upstream_s += elapsed
-                        self.metrics.upstream_seconds.labels(dep.name).observe(elapsed)
-                        breaker.record(True, time.monotonic())
-                        st.observe_latency(elapsed, opts.ewma_alpha)
-                        return result, Outcome(cand, attempts, upstream_s)
+                        return await once(), Outcome(cand, attempts, upstream_s)
             except UpstreamError as exc:
                 if exc.action == CLIENT:
                     raise _client_error(exc) from exc

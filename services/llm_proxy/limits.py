@@ -12,11 +12,13 @@ Money is counted in integer nano-dollars, so sums are exact and Redis' INCRBY is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -54,16 +56,12 @@ end
 return 0
 """
 
-# KEYS: tokens counter, spend counter. ARGV: token delta, cost delta (nano).
+# KEYS: one counter. ARGV: delta. A counter whose window has expired is not recreated.
 _SETTLE = """
-if tonumber(ARGV[1]) ~= 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('INCRBY', KEYS[1], ARGV[1])
-end
-if tonumber(ARGV[2]) ~= 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('INCRBY', KEYS[2], ARGV[2])
-end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end
 return 0
 """
+SETTLE_DELAY_S = 0.02
 
 REASONS = {1: "rpm", 2: "tpm", 3: "budget"}
 
@@ -139,7 +137,8 @@ class MemoryLimiter:
             self._counts = {k: v for k, v in self._counts.items() if k[1] >= window}
         return Reservation(limits.subject, window, tokens, cost_nano, True)
 
-    async def settle(self, res: Reservation, tokens: int, cost_nano: int) -> None:
+    def settle(self, res: Reservation, tokens: int, cost_nano: int) -> None:
+        """Replace the reservation by the actual use (0, 0 for a failed call: a full refund)."""
         if not res.tracked:
             return
         tok_key = (res.subject, res.window, "t")
@@ -175,9 +174,11 @@ class RedisLimiter:
         self.backoff_s = backoff_s
         self.prefix = prefix
         self._reserve = redis.register_script(_RESERVE)
-        self._settle = redis.register_script(_SETTLE)
         self._down_until = 0.0
         self.on_error = on_error
+        self._deltas: dict[str, int] = {}
+        self._flusher: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _keys(self, subject: str, window: int) -> tuple[str, str, str]:
         base = f"{self.prefix}{{{subject}}}"  # one hash slot per subject for Redis Cluster
@@ -221,14 +222,36 @@ class RedisLimiter:
             raise RateLimited(REASONS[code], retry_after)
         return Reservation(limits.subject, window, tokens, cost_nano, True)
 
-    async def settle(self, res: Reservation, tokens: int, cost_nano: int) -> None:
-        if not res.tracked or (tokens == res.tokens and cost_nano == res.cost_nano):
+    def settle(self, res: Reservation, tokens: int, cost_nano: int) -> None:
+        """Queue the correction; corrections are summed per counter and sent every 20 ms in one
+        pipeline, so a busy replica makes one Redis round trip per request, not two."""
+        if not res.tracked:
             return
         _, tok_key, spend_key = self._keys(res.subject, res.window)
-        try:
-            await self._settle(
-                keys=[tok_key, spend_key], args=[tokens - res.tokens, cost_nano - res.cost_nano]
+        for key, delta in ((tok_key, tokens - res.tokens), (spend_key, cost_nano - res.cost_nano)):
+            if delta:
+                self._deltas[key] = self._deltas.get(key, 0) + delta
+        if self._deltas and self._flusher is None:
+            self._flusher = asyncio.get_running_loop().call_later(
+                SETTLE_DELAY_S, lambda: self._spawn(self.flush())
             )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        self._flusher = None
+        deltas, self._deltas = self._deltas, {}
+        if not deltas:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, delta in deltas.items():
+                # EVAL, not EVALSHA through Script: no SCRIPT EXISTS round trip per flush.
+                pipe.eval(_SETTLE, 1, key, delta)
+            await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed(exc)
 
@@ -246,6 +269,11 @@ class RedisLimiter:
             return False
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self.flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.redis.aclose()
 
 

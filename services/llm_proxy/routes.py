@@ -11,10 +11,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from services.common.errors import APIError, error_body
@@ -29,21 +29,13 @@ from services.llm_proxy.limits import (
     to_nano,
 )
 from services.llm_proxy.router import Candidate
-from services.llm_proxy.state import ProxyState
+from services.llm_proxy.state import ProxyState, State
 from services.llm_proxy.upstream import Stream, UpstreamError, open_stream, post_json, target
 
 router = APIRouter()
 payload_log = logging.getLogger("llmops.payloads")
 
 JSON = "application/json"
-
-
-def _state(request: Request) -> ProxyState:
-    state: ProxyState = request.app.state.proxy
-    return state
-
-
-State = Annotated[ProxyState, Depends(_state)]
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -216,13 +208,13 @@ def _account(
     if not caller.admin:
         state.spend.add(caller.id, alias, dep.name, tin, tout, cost)
     if reservation is not None:
-        state.background(state.limiter.settle(reservation, tin + tout, to_nano(cost)))
+        state.limiter.settle(reservation, tin + tout, to_nano(cost))
     return cost
 
 
 def _refund(state: ProxyState, reservation: Reservation | None) -> None:
     if reservation is not None:
-        state.background(state.limiter.settle(reservation, 0, 0))
+        state.limiter.settle(reservation, 0, 0)
 
 
 def _headers(outcome: Outcome, overhead_s: float, cost: float | None) -> dict[str, str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated
 
 import aiohttp
+from fastapi import Depends, Request
 
 from services.llm_proxy.config import ProxySettings
 from services.llm_proxy.gateway import Gateway, ProxyMetrics
@@ -31,14 +30,12 @@ class ProxyState:
     master_hash: bytes | None
     started_at: int
     config_error: str | None = None
-    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
-    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run bookkeeping after the response without losing the task to the GC."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+async def proxy_state(request: Request) -> ProxyState:
+    """A dependency; ``async`` so FastAPI does not hop to a thread for it on every request."""
+    state: ProxyState = request.app.state.proxy
+    return state
+
+
+State = Annotated[ProxyState, Depends(proxy_state)]

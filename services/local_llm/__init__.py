@@ -1,0 +1,1 @@
+"""local-llm: an OpenAI-compatible chat server over a small local model, fully offline."""

