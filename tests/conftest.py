@@ -121,3 +121,9 @@ def auth_headers(key: str = API_KEY) -> dict[str, str]:
 def embeddings(service_factory: Any) -> ServiceProcess:
     """The service on its defaults, with key auth, in the strict (production) environment."""
     return service_factory("embeddings", EMBEDDINGS_API_KEY_HASHES=API_KEY_HASH).wait_ready()
+
+
+@pytest.fixture(scope="session")
+def local_llm(service_factory: Any) -> ServiceProcess:
+    """The real local model (SmolLM2-135M-Instruct), once per session: it takes a while to load."""
+    return service_factory("local-llm", LOCAL_LLM_API_KEY_HASHES=API_KEY_HASH).wait_ready(600)
