@@ -52,9 +52,9 @@ def test_serve_with_bad_config_exits_2_with_one_clear_line() -> None:
 
 
 def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    while True:  # embeddings listens on base + 1, retrieval on base + 2
+    while True:  # embeddings on base + 1, retrieval + 2, llm-proxy + 3, local-llm + 4
         base = free_port() - 1
-        if 2000 < base < 65000 and _free(base + 1) and _free(base + 2):
+        if 2000 < base < 65000 and all(_free(base + i) for i in range(1, 5)):
             break
     env = clean_env(LLMOPS_DATA_DIR=str(tmp_path))
     log = (tmp_path / "up.log").open("wb")
@@ -104,6 +104,17 @@ def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         )  # fmt: skip
         assert found.returncode == 0, found.stderr
         assert "docs/benchmarks.md" in found.stdout
+
+        # The proxy `up` started: the dev key is its master key; make a virtual key with it.
+        proxy = f"http://127.0.0.1:{base + 3}"
+        while httpx.get(f"{proxy}/readyz", timeout=5).status_code != 200:
+            time.sleep(0.3)
+        made = run("keys", "create", "--alias", "smollm2", "--url", proxy, env=cli_env)
+        assert made.returncode == 0, made.stderr
+        models = httpx.get(
+            f"{proxy}/v1/models", headers={"Authorization": f"Bearer {made.stdout.strip()}"}
+        ).json()
+        assert [m["id"] for m in models["data"]] == ["smollm2"]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
