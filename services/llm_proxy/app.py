@@ -83,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if master is None
         else hashlib.sha256(master.get_secret_value().encode()).digest(),
         started_at=int(time.time()),
+        tracer=app.state.tracer,
     )
 
     def reloaded(new: Catalog, new_keys: dict[str, str | None]) -> None:

@@ -30,6 +30,7 @@ from services.llm_proxy.limits import (
 )
 from services.llm_proxy.router import Candidate
 from services.llm_proxy.state import ProxyState, State
+from services.llm_proxy.telemetry import end_llm_span, start_llm_span
 from services.llm_proxy.upstream import Stream, UpstreamError, open_stream, post_json, target
 
 router = APIRouter()
@@ -286,13 +287,18 @@ async def _complete(
             raise UpstreamError("retry", "the upstream answer has no 'data'")
         return raw, obj
 
+    span = start_llm_span(
+        state.tracer, "chat" if endpoint == "chat/completions" else "embeddings", alias, data
+    )
     try:
         (raw, obj), outcome = await state.gateway.call(alias, tokens, attempt)
     except APIError as exc:
         _observe(state, alias, "none", exc.status_code, started, None)
+        end_llm_span(span, outcome=None, error=exc.message)
         raise
     usage = usage_of(obj) or (tokens, 0)
     cost = _account(state, caller, alias, outcome.candidate, usage, reservation)
+    end_llm_span(span, outcome=outcome, usage=usage, cost=cost)
     if settings.log_payloads:
         payload_log.debug("response", extra={"alias": alias, "body": obj})
     overhead = _observe(
@@ -348,10 +354,12 @@ async def _stream(
             state.session, t, orjson.dumps(data), dep.timeout_s, settings.connect_timeout_s
         )
 
+    span = start_llm_span(state.tracer, "chat", alias, data)
     try:
         upstream, outcome = await state.gateway.call(alias, in_tokens, attempt)
     except APIError as exc:
         _observe(state, alias, "none", exc.status_code, started, None)
+        end_llm_span(span, outcome=None, error=exc.message)
         raise
     dep_name = outcome.candidate.state.deployment.name
     overhead = time.perf_counter() - started - outcome.upstream_s
@@ -409,8 +417,15 @@ async def _stream(
             upstream.close()
             # Without usage from the upstream, count each chunk as a token: better than nothing.
             final = usage or (in_tokens, chunks)
-            _account(state, caller, alias, outcome.candidate, final, reservation)
+            cost = _account(state, caller, alias, outcome.candidate, final, reservation)
             _observe(state, alias, dep_name, status, started, outcome)
+            end_llm_span(
+                span,
+                outcome=outcome,
+                usage=final,
+                cost=cost,
+                error=None if status == 200 else f"stream ended with {status}",
+            )
 
     headers = _headers(outcome, overhead, None)
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

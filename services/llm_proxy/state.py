@@ -7,6 +7,7 @@ from typing import Annotated
 
 import aiohttp
 from fastapi import Depends, Request
+from opentelemetry.trace import Tracer
 
 from services.llm_proxy.config import ProxySettings
 from services.llm_proxy.gateway import Gateway, ProxyMetrics
@@ -28,6 +29,7 @@ class ProxyState:
     metrics: ProxyMetrics
     gateway: Gateway
     master_hash: bytes | None
+    tracer: Tracer
     started_at: int
     config_error: str | None = None
 

@@ -130,7 +130,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_cache(entry: Path, key: str, save: Callable[[Path], None]) -> None:
+def write_cache(
+    entry: Path, key: str, save: Callable[[Path], None], source: str | None = None
+) -> None:
     """Fill a temporary directory with ``save``, then rename it to ``entry`` in one step.
 
     A crash or a concurrent start never leaves a half-written entry under the final name:
@@ -143,7 +145,13 @@ def write_cache(entry: Path, key: str, save: Callable[[Path], None]) -> None:
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         for name in files:
             _fsync(tmp / name)
-        marker = {"format": CACHE_FORMAT, "key": key, "files": files, "created": time.time()}
+        marker = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "source": source,
+            "files": files,
+            "created": time.time(),
+        }
         (tmp / CACHE_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
         _fsync(tmp / CACHE_MARKER)
         tmp.chmod(0o755)  # mkdtemp makes it private; the entry is an ordinary readable directory
@@ -170,13 +178,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_cache(root: Path, keep: str) -> None:
-    """Drop temporary directories of dead writers, and other conversions of the same file."""
+def _marker_source(entry: Path) -> str | None:
+    try:
+        source = json.loads((entry / CACHE_MARKER).read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) else None
+
+
+def clean_cache(root: Path, keep: str, source: str) -> None:
+    """Drop temporary directories of dead writers, and outdated conversions of ``source``.
+
+    An entry of the same GGUF file under another key was made from an older copy of the file
+    or by another transformers version: it will never be used again, and weighs ~0.5 GB.
+    """
     if not root.is_dir():
         return
-    stem = keep.rsplit("-", 1)[0]
     for path in root.iterdir():
-        if not path.is_dir():
+        if not path.is_dir() or path.name == keep:
             continue
         if path.name.startswith(_TMP_PREFIX):
             pid_text = path.name[len(_TMP_PREFIX) :].split("-", 1)[0]
@@ -189,7 +208,7 @@ def clean_cache(root: Path, keep: str) -> None:
                 continue
             if pid < 0 or old or not _pid_alive(pid):
                 shutil.rmtree(path, ignore_errors=True)
-        elif path.name != keep and path.name.rsplit("-", 1)[0] == stem:
+        elif _marker_source(path) == source:
             log.info("removing outdated cached model %s", path)
             shutil.rmtree(path, ignore_errors=True)
 
@@ -263,7 +282,7 @@ def load_model(settings: LocalLLMSettings) -> Loaded:
     key = cache_key(source)
     entry = root / key
     with contextlib.suppress(OSError):
-        clean_cache(root, key)
+        clean_cache(root, key, source.label)
     if entry.exists():
         if cache_valid(entry, key):
             started = time.perf_counter()
@@ -281,7 +300,7 @@ def load_model(settings: LocalLLMSettings) -> Loaded:
     tokenizer, model = _load_gguf(source, timings)
     started = time.perf_counter()
     try:
-        write_cache(entry, key, _save(tokenizer, model))
+        write_cache(entry, key, _save(tokenizer, model), source=source.label)
     except Exception:
         # Serving does not need the cache; the next start converts again.
         log.warning("could not cache the converted model under %s", root, exc_info=True)
@@ -357,7 +376,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return not self.temperature
+        # As vLLM does: a near-zero temperature overflows the logits; it means greedy anyway.
+        return self.temperature is None or self.temperature < 1e-5
 
 
 @dataclass(frozen=True)

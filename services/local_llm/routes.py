@@ -187,7 +187,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         max_new_tokens=max_new,
         temperature=body.temperature,
         top_p=body.top_p,
-        seed=body.seed,
+        seed=None if body.seed is None else body.seed % 2**64,  # torch takes 64-bit seeds
         stop=tuple(body.stop_list),
     )
     try:
@@ -211,7 +211,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             # Runs even when the client left before the body started: the job never lingers.
-            background=BackgroundTask(scheduler.abandon, job),
+            background=BackgroundTask(_abandon, scheduler, job),
         )
 
     result = await _collect(job, scheduler, request)
@@ -231,6 +231,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         "usage": _usage(result),
     }
     return Response(orjson.dumps(payload), media_type="application/json")
+
+
+async def _abandon(scheduler: Scheduler, job: Job) -> None:
+    """Async so Starlette runs it on the event loop, not in a thread (the queue is not locked)."""
+    scheduler.abandon(job)
 
 
 def _shutting_down() -> APIError:

@@ -33,7 +33,7 @@ from services.local_llm.generator import (
     load_model,
     write_cache,
 )
-from tests.conftest import API_KEY, API_KEY_HASH, ServiceProcess, auth_headers
+from tests.conftest import API_KEY, ServiceProcess, auth_headers
 
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -44,10 +44,12 @@ LONG = [{"role": "user", "content": "Count from 1 to 500, separated by commas."}
 
 
 @pytest.fixture(scope="module")
-def llm(service_factory: Any) -> ServiceProcess:
-    """The service on its defaults with key auth. The converted model is cached under the
-    repo's .llmops/cache/local-llm, so only the first run ever pays for the GGUF conversion."""
-    return service_factory("local-llm", LOCAL_LLM_API_KEY_HASHES=API_KEY_HASH).wait_ready()
+def llm(local_llm: ServiceProcess) -> ServiceProcess:
+    """The service on its defaults with key auth: conftest's session-wide process (started with
+    ``service_factory``), shared with the proxy's smoke test so the model loads once per run.
+    The converted model is cached under the repo's .llmops/cache/local-llm, so only the first
+    run ever pays for the GGUF conversion."""
+    return local_llm
 
 
 @pytest.fixture(scope="module")
