@@ -279,3 +279,36 @@ def test_config_reload(proxy_factory: Any, fakes: dict[str, FakeUpstream]) -> No
     assert "deployments" in p.admin("GET", "/routing").json()["config_error"]
     assert served_by(p.chat(MASTER_KEY, model="fresh")) == "a"
     assert 'llmops_llm_config_reloads_total{result="rejected"} 1.0' in p.metrics()
+
+
+def test_upstream_credentials_and_azure_urls(
+    proxy_factory: Any, fakes: dict[str, FakeUpstream]
+) -> None:
+    config = {
+        "deployments": [
+            deployment("keyed", fakes["a"], api_key_env="LLMOPS_TEST_UPSTREAM_KEY"),
+            {
+                "name": "azure",
+                "api_base": fakes["b"].url,
+                "api_version": "2024-10-21",
+                "model": "gpt-4o-mini-prod",
+                "api_key_env": "LLMOPS_TEST_UPSTREAM_KEY",
+            },
+        ],
+        "aliases": {
+            "keyed": {"deployments": [{"deployment": "keyed"}]},
+            "azure": {"deployments": [{"deployment": "azure"}]},
+        },
+    }
+    p: Proxy = proxy_factory(config, LLMOPS_TEST_UPSTREAM_KEY="sk-upstream-secret")
+    assert served_by(chat(p, "keyed")) == "keyed"
+    sent = fakes["a"].requests()[-1]
+    assert sent["headers"]["authorization"] == "Bearer sk-upstream-secret"
+    assert sent["headers"]["x-request-id"]  # the request id travels on
+    assert served_by(chat(p, "azure")) == "azure"
+    sent = fakes["b"].requests()[-1]
+    assert sent["path"] == "/openai/deployments/gpt-4o-mini-prod/chat/completions"
+    assert sent["query"] == {"api-version": "2024-10-21"}
+    assert sent["headers"]["api-key"] == "sk-upstream-secret"
+    assert "authorization" not in sent["headers"]
+    assert "sk-upstream-secret" not in p.proc.logs()
