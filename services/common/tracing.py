@@ -1,8 +1,8 @@
 """OpenTelemetry tracing with W3C ``traceparent`` in and out.
 
-Spans are always created (so logs and downstream calls share one trace id, and an incoming
-``traceparent`` is continued), but they leave the process only when an OTLP endpoint is
-configured: Langfuse's ``/api/public/otel`` endpoint or any collector. Nothing is sent otherwise.
+Server spans are made when an OTLP endpoint is configured (Langfuse's ``/api/public/otel`` or
+any collector) or when the caller sent a ``traceparent`` (so its trace is continued, in logs and
+downstream calls). Nothing leaves the process without an endpoint.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from services.common.errors import APIError, error_body
 from services.llm_proxy.auth import Caller
+from services.llm_proxy.auth import caller as authenticate
 from services.llm_proxy.gateway import Outcome, usage_of
 from services.llm_proxy.keys import KeyRecord
 from services.llm_proxy.limits import (
@@ -230,8 +231,11 @@ def _headers(outcome: Outcome, overhead_s: float, cost: float | None) -> dict[st
 
 
 @router.post("/v1/chat/completions", summary="OpenAI-compatible chat completions.")
-async def chat_completions(request: Request, state: State, caller: Caller) -> Response:
+async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
+    # The hot path resolves its two dependencies by hand: FastAPI's injection costs ~60 us.
+    state: ProxyState = request.app.state.proxy
+    caller = await authenticate(request)
     data = await _json_object(request)
     alias = _alias(state, caller, data, "chat")
     messages = _check_messages(data)
@@ -433,8 +437,10 @@ async def _stream(
 
 
 @router.post("/v1/embeddings", summary="OpenAI-compatible embeddings, routed like chat.")
-async def embeddings(request: Request, state: State, caller: Caller) -> Response:
+async def embeddings(request: Request) -> Response:
     started = time.perf_counter()
+    state: ProxyState = request.app.state.proxy
+    caller = await authenticate(request)
     data = await _json_object(request)
     alias = _alias(state, caller, data, "embeddings")
     inputs = data.get("input")
