@@ -1,7 +1,9 @@
 """Rate limits (RPM, TPM) and budgets, enforced atomically across replicas.
 
-With Redis, one Lua script checks every limit of a key and reserves in one round trip, so two
-replicas can never both admit the request that crosses a limit. Without Redis (one instance, the
+With Redis, one Lua script checks every limit of a key and takes a share of it in one round
+trip, so two replicas can never both admit the request that crosses a limit; each replica then
+admits from its share (a lease) until it runs short, so a busy key does not cost a Redis call
+per request. Without Redis (one instance, the
 embedded default) the same arithmetic runs in memory. Windows are calendar minutes, as
 providers count. Tokens are reserved from ``max_tokens`` (or the default) plus an estimate of
 the prompt, and cost from the dearest deployment the request may reach; :meth:`settle` then
@@ -29,32 +31,34 @@ NANO = 1_000_000_000
 WINDOW_S = 60
 _TTL_S = 2 * WINDOW_S
 
-# KEYS: requests counter, tokens counter, spend counter.
-# ARGV: rpm, tpm, tokens, budget_nano (-1: none), cost_nano, ttl, spend seed (from the DB).
-# Returns {code, seconds until the window ends}: 0 admitted, 1 rpm, 2 tpm, 3 budget.
-_RESERVE = """
-local rpm = tonumber(ARGV[1])
-local tpm = tonumber(ARGV[2])
-local tokens = tonumber(ARGV[3])
-local budget = tonumber(ARGV[4])
-local cost = tonumber(ARGV[5])
-if rpm > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') + 1 > rpm then return 1 end
-if tpm > 0 and tonumber(redis.call('GET', KEYS[2]) or '0') + tokens > tpm then return 2 end
-if budget >= 0 then
-  redis.call('SET', KEYS[3], ARGV[7], 'NX')
-  if tonumber(redis.call('GET', KEYS[3])) + cost > budget then return 3 end
-  redis.call('INCRBY', KEYS[3], cost)
+# KEYS: requests, tokens and spend counters.
+# ARGV: rpm, tpm, budget, need_r, want_r, need_t, want_t, need_b, want_b, ttl, spend seed.
+# For each dimension asked for (want > 0), grants min(want, room) if room >= need; if any
+# dimension lacks room, grants nothing. Returns {0, granted_r, granted_t, granted_b}, or {code}:
+# 1 rpm, 2 tpm, 3 budget.
+_TAKE = """
+local g = {0, 0, 0}
+local limits = {tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])}
+for i = 1, 3 do
+  local need, want = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  if want > 0 then
+    if i == 3 then redis.call('SET', KEYS[3], ARGV[11], 'NX') end
+    local room = limits[i] - tonumber(redis.call('GET', KEYS[i]) or '0')
+    if room < need then return {i} end
+    g[i] = math.min(want, room)
+  end
 end
-if rpm > 0 then
-  redis.call('INCR', KEYS[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
+for i = 1, 3 do
+  if g[i] > 0 then
+    redis.call('INCRBY', KEYS[i], g[i])
+    if i < 3 then redis.call('EXPIRE', KEYS[i], ARGV[10]) end
+  end
 end
-if tpm > 0 then
-  redis.call('INCRBY', KEYS[2], tokens)
-  redis.call('EXPIRE', KEYS[2], ARGV[6])
-end
-return 0
+return {0, g[1], g[2], g[3]}
 """
+# A replica takes at most this share of a limit at a time (the whole need if larger).
+LEASE_SHARE = 20
+BUDGET_LEASE_SHARE = 100
 
 # KEYS: one counter. ARGV: delta. A counter whose window has expired is not recreated.
 _SETTLE = """
@@ -92,6 +96,18 @@ class Reservation:
     tokens: int
     cost_nano: int
     tracked: bool  # False when nothing was reserved (no limits, or admitted while degraded)
+    has_tpm: bool = True
+    has_budget: bool = True
+
+
+@dataclass
+class _Lease:
+    """What this replica has taken from the shared counters and not used yet."""
+
+    window: int = -1
+    requests: int = 0
+    tokens: int = 0
+    budget: int = 0  # nano-USD; not tied to a window
 
 
 class RateLimited(Exception):
@@ -173,7 +189,8 @@ class RedisLimiter:
         self.fail_open = fail_open
         self.backoff_s = backoff_s
         self.prefix = prefix
-        self._reserve = redis.register_script(_RESERVE)
+        self._take = redis.register_script(_TAKE)
+        self._leases: dict[str, _Lease] = {}
         self._down_until = 0.0
         self.on_error = on_error
         self._deltas: dict[str, int] = {}
@@ -200,37 +217,78 @@ class RedisLimiter:
         )
 
     async def reserve(self, limits: Limits, tokens: int, cost_nano: int) -> Reservation:
+        """Admit from this replica's lease; top the lease up from Redis when it runs short.
+
+        Leases keep the guarantee (Redis never hands out more than a limit) while a busy key
+        costs one Redis call per ~1/20 of its limit instead of one per request. A small limit
+        gets leases of exactly what each request needs, so it is counted exactly. What a lease
+        strands is at most 1/20 of a window's RPM/TPM (expiring with the window) and 1/100 of a
+        budget (given back at shutdown): a replica may refuse a little early, never admit late.
+        """
         window, retry_after = _window(time.time())
-        if time.monotonic() < self._down_until:
-            return self._degraded(limits.subject, window, tokens, cost_nano)
-        keys = self._keys(limits.subject, window)
-        args = [
-            limits.rpm or 0,
-            limits.tpm or 0,
-            tokens,
-            -1 if limits.budget_nano is None else limits.budget_nano,
-            cost_nano,
-            _TTL_S,
-            limits.spent_nano,
-        ]
-        try:
-            code = int(await self._reserve(keys=list(keys), args=args))
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return self._degraded(limits.subject, window, tokens, cost_nano)
-        if code:
-            raise RateLimited(REASONS[code], retry_after)
-        return Reservation(limits.subject, window, tokens, cost_nano, True)
+        lease = self._leases.get(limits.subject)
+        if lease is None:
+            lease = self._leases[limits.subject] = _Lease()
+        need_r = 1 if limits.rpm is not None else 0
+        need_t = tokens if limits.tpm is not None else 0
+        need_b = cost_nano if limits.budget_nano is not None else 0
+        for _ in range(5):
+            if lease.window != window:
+                lease.window, lease.requests, lease.tokens = window, 0, 0
+            short_r = max(0, need_r - lease.requests)
+            short_t = max(0, need_t - lease.tokens)
+            short_b = max(0, need_b - lease.budget)
+            if not (short_r or short_t or short_b):
+                lease.requests -= need_r
+                lease.tokens -= need_t
+                lease.budget -= need_b
+                return Reservation(
+                    limits.subject, window, tokens, cost_nano, True,
+                    has_tpm=limits.tpm is not None, has_budget=limits.budget_nano is not None,
+                )  # fmt: skip
+            if time.monotonic() < self._down_until:
+                return self._degraded(limits.subject, window, tokens, cost_nano)
+            want_r = max(short_r, (limits.rpm or 0) // LEASE_SHARE) if short_r else 0
+            want_t = max(short_t, (limits.tpm or 0) // LEASE_SHARE) if short_t else 0
+            want_b = max(short_b, (limits.budget_nano or 0) // BUDGET_LEASE_SHARE) if short_b else 0
+            args = [
+                limits.rpm or 0, limits.tpm or 0, limits.budget_nano or 0,
+                short_r, want_r, short_t, want_t, short_b, want_b, _TTL_S, limits.spent_nano,
+            ]  # fmt: skip
+            try:
+                granted = await self._take(keys=list(self._keys(limits.subject, window)), args=args)
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+                return self._degraded(limits.subject, window, tokens, cost_nano)
+            code = int(granted[0])
+            if code:
+                raise RateLimited(REASONS[code], retry_after)
+            if lease.window == window:  # a grant for a window that has just ended is void
+                lease.requests += int(granted[1])
+                lease.tokens += int(granted[2])
+            lease.budget += int(granted[3])
+        # Other requests kept using up what was taken for this one: treat as the limit.
+        raise RateLimited("rpm" if limits.rpm is not None else "tpm", retry_after)
 
     def settle(self, res: Reservation, tokens: int, cost_nano: int) -> None:
-        """Queue the correction; corrections are summed per counter and sent every 20 ms in one
-        pipeline, so a busy replica makes one Redis round trip per request, not two."""
+        """Replace the reservation by the actual use. Unused tokens and budget go back into
+        this replica's lease; an overrun (the upstream used more than reserved) is added to
+        the shared counters, summed per counter and sent every 20 ms in one pipeline."""
         if not res.tracked:
             return
+        lease = self._leases.get(res.subject)
         _, tok_key, spend_key = self._keys(res.subject, res.window)
-        for key, delta in ((tok_key, tokens - res.tokens), (spend_key, cost_nano - res.cost_nano)):
-            if delta:
-                self._deltas[key] = self._deltas.get(key, 0) + delta
+        for limited, key, delta, field in (
+            (res.has_tpm, tok_key, tokens - res.tokens, "tokens"),
+            (res.has_budget, spend_key, cost_nano - res.cost_nano, "budget"),
+        ):
+            if not limited or not delta:
+                continue
+            if delta < 0:
+                if lease is not None and (field == "budget" or lease.window == res.window):
+                    setattr(lease, field, getattr(lease, field) - delta)
+                continue
+            self._deltas[key] = self._deltas.get(key, 0) + delta
         if self._deltas and self._flusher is None:
             self._flusher = asyncio.get_running_loop().call_later(
                 SETTLE_DELAY_S, lambda: self._spawn(self.flush())
@@ -271,6 +329,12 @@ class RedisLimiter:
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        # Give back the budget this replica took but did not spend.
+        for subject, lease in self._leases.items():
+            if lease.budget > 0:
+                key = self._keys(subject, 0)[2]
+                self._deltas[key] = self._deltas.get(key, 0) - lease.budget
+        self._leases.clear()
         await self.flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from services.common.errors import APIError, error_body
 from services.llm_proxy.auth import Caller
@@ -369,6 +370,27 @@ async def _stream(
     overhead = time.perf_counter() - started - outcome.upstream_s
     state.metrics.overhead_seconds.observe(overhead)
 
+    done = False
+
+    def finish(status: int, usage: tuple[int, int] | None, chunks: int) -> None:
+        """Close the upstream and account for the call, exactly once, however it ended."""
+        nonlocal done
+        if done:
+            return
+        done = True
+        upstream.close()
+        # Without usage from the upstream, count each chunk as a token: better than nothing.
+        final = usage or (in_tokens, chunks)
+        cost = _account(state, caller, alias, outcome.candidate, final, reservation)
+        _observe(state, alias, dep_name, status, started, outcome)
+        end_llm_span(
+            span,
+            outcome=outcome,
+            usage=final,
+            cost=cost,
+            error=None if status == 200 else f"stream ended with {status}",
+        )
+
     async def relay() -> AsyncIterator[bytes]:
         usage: tuple[int, int] | None = None
         chunks = 0
@@ -418,22 +440,30 @@ async def _stream(
                 "upstream_stream_error",
             )
         finally:
-            upstream.close()
-            # Without usage from the upstream, count each chunk as a token: better than nothing.
-            final = usage or (in_tokens, chunks)
-            cost = _account(state, caller, alias, outcome.candidate, final, reservation)
-            _observe(state, alias, dep_name, status, started, outcome)
-            end_llm_span(
-                span,
-                outcome=outcome,
-                usage=final,
-                cost=cost,
-                error=None if status == 200 else f"stream ended with {status}",
-            )
+            if status == 200 and not finished:
+                status = 499  # the client went away; the upstream request is cancelled
+            finish(status, usage, chunks)
 
     headers = _headers(outcome, overhead, None)
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
+    return RelayResponse(
+        relay(), on_close=lambda: finish(499, None, 0), media_type="text/event-stream",
+        headers=headers,
+    )  # fmt: skip
+
+
+class RelayResponse(StreamingResponse):
+    """A stream whose upstream is closed even if the body never starts (client gone first)."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None], **kw: Any):
+        super().__init__(content, **kw)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 @router.post("/v1/embeddings", summary="OpenAI-compatible embeddings, routed like chat.")

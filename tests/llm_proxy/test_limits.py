@@ -70,6 +70,17 @@ def test_rpm_holds_exactly_across_replicas(replicas: tuple[Proxy, Proxy]) -> Non
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
 
 
+def test_large_limits_are_leased_and_still_hold(replicas: tuple[Proxy, Proxy]) -> None:
+    # rpm 100: each replica takes 5 at a time from Redis, yet together they never pass 100,
+    # and at most one lease per replica (5) can be left unused when the burst ends.
+    key = replicas[0].create_key(name="leased", rpm=100)["key"]
+    _fresh_window()
+    results = _burst(replicas, key, 140, model="fake", max_tokens=1)
+    ok = sum(r.status_code == 200 for r in results)
+    assert 90 <= ok <= 100, ok
+    assert {r.status_code for r in results} == {200, 429}
+
+
 def test_tpm_never_admits_more_tokens_than_the_limit(replicas: tuple[Proxy, Proxy]) -> None:
     # Each request reserves its prompt estimate (8) + max_tokens (20) = 28 tokens and then
     # settles to the actual 21 (1 prompt word + 20): never more than 200 tokens in the minute.
@@ -147,13 +158,15 @@ def test_redis_down_follows_the_fail_mode(
         env = {"LLM_PROXY_REDIS_URL": redis.url, "LLM_PROXY_REDIS_RETRY_AFTER_S": "0.5"}
         fail_open = proxy_factory(_config(fakes), LLM_PROXY_REDIS_FAIL_MODE="open", **env)
         fail_closed = proxy_factory(_config(fakes), LLM_PROXY_REDIS_FAIL_MODE="closed", **env)
-        keys = [p.create_key(name="limited", rpm=1000)["key"] for p in (fail_open, fail_closed)]
+        # rpm 19: leases of one request, so every request needs Redis (a larger limit would
+        # keep admitting from what the replica already holds, by design, until that runs out).
+        keys = [p.create_key(name="limited", rpm=19)["key"] for p in (fail_open, fail_closed)]
         assert fail_open.chat(keys[0]).status_code == 200
         assert fail_closed.chat(keys[1]).status_code == 200
     finally:
         redis.stop()
     open_codes = [fail_open.chat(keys[0]).status_code for _ in range(10)]
-    assert open_codes == [200] * 10  # admitted, no 5xx storm
+    assert open_codes == [200] * 10  # admitted, no 5xx storm (and no limit without Redis)
     closed = [fail_closed.chat(keys[1]) for _ in range(10)]
     assert {r.status_code for r in closed} == {503}
     assert closed[0].json()["error"]["code"] == "limiter_unavailable"
