@@ -7,7 +7,7 @@ import; clients are opened in the lifespan and kept on ``app.state``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -19,7 +19,12 @@ from services.common.auth import AuthMiddleware
 from services.common.errors import error_response, install_exception_handlers
 from services.common.logging import setup_logging
 from services.common.metrics import Metrics, mark_worker_dead
-from services.common.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from services.common.middleware import (
+    BodyLimitMiddleware,
+    FastHandler,
+    FastRouteMiddleware,
+    RequestContextMiddleware,
+)
 from services.common.settings import ServiceSettings
 from services.common.tracing import build_tracer_provider
 
@@ -66,6 +71,7 @@ def build_app(
     lifespan: Lifespan | None = None,
     readiness: Readiness = _always_ready,
     metrics_namespace: str = "llmops",
+    fast_routes: Mapping[tuple[str, str], FastHandler] | None = None,
 ) -> FastAPI:
     setup_logging(settings.log_level)
     metrics = Metrics(metrics_namespace)
@@ -100,6 +106,8 @@ def build_app(
     install_exception_handlers(app)
     app.include_router(health_router)
     # Added innermost first: requests pass context -> body limit -> auth -> routes.
+    if fast_routes:
+        app.add_middleware(FastRouteMiddleware, routes=fast_routes)
     if settings.static_api_keys and not settings.auth_disabled:
         app.add_middleware(AuthMiddleware, key_hashes=settings.api_key_hashes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

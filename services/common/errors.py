@@ -181,6 +181,16 @@ async def _unhandled(_: Request, exc: Exception) -> Response:
     return internal_error(current_request_id())
 
 
+async def render_error(request: Request, exc: Exception) -> Response:
+    """The response the installed handlers would give, for code that runs outside FastAPI's
+    exception middleware (the fast routes); anything else is re-raised."""
+    if isinstance(exc, APIError):
+        return await _api_error(request, exc)
+    if isinstance(exc, StarletteHTTPException):
+        return await _http_error(request, exc)
+    raise exc
+
+
 def install_exception_handlers(app: FastAPI) -> None:
     """Register every handler; services raise :class:`APIError` and never build errors by hand."""
     app.add_exception_handler(APIError, _api_error)

@@ -7,20 +7,22 @@ leaves streaming responses unbuffered, which the LLM proxy relies on.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.context import reset_request_id, set_request_id
-from services.common.errors import error_response, internal_error
+from services.common.errors import APIError, error_response, internal_error, render_error
 from services.common.metrics import Metrics
 from services.common.tracing import extract_context, traceresponse
 
@@ -57,7 +59,7 @@ class RequestContextMiddleware:
         headers = _headers(scope)
         rid = headers.get("x-request-id", "")
         if not _REQUEST_ID.match(rid):
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()  # a random id, without uuid4's object overhead
         token = set_request_id(rid)
         method: str = scope["method"]
         path: str = scope["path"]
@@ -175,3 +177,41 @@ class BodyLimitMiddleware:
 
 def _too_large(exc: BodyTooLarge) -> Response:
     return error_response(413, str(exc.detail), code="request_too_large")
+
+
+FastHandler = Callable[[Request], Awaitable[Response]]
+
+
+class _FixedRoute:
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class FastRouteMiddleware:
+    """Serves a few hot ``(method, path)`` pairs straight from their handler, skipping FastAPI's
+    router, dependency solving and exception middleware (about a quarter of the CPU of a proxied
+    request). The same handlers stay registered as FastAPI routes, for the OpenAPI schema. It is
+    the innermost middleware: request id, metrics, logs, body limit and auth still apply.
+    """
+
+    def __init__(self, app: ASGIApp, *, routes: Mapping[tuple[str, str], FastHandler]) -> None:
+        self.app = app
+        self.routes = dict(routes)
+        # What RequestContextMiddleware reads for the metrics' route label.
+        self._route_of = {path: _FixedRoute(path) for _, path in self.routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            handler = self.routes.get((scope["method"], scope["path"]))
+            if handler is not None:
+                scope["route"] = self._route_of[scope["path"]]
+                request = Request(scope, receive)
+                try:
+                    response = await handler(request)
+                except (APIError, StarletteHTTPException) as exc:
+                    response = await render_error(request, exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -138,7 +138,16 @@ async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
 
 def create_app(settings: ProxySettings | None = None) -> FastAPI:
     settings = settings or ProxySettings()
-    app = build_app(settings, title="llmops llm-proxy", lifespan=lifespan, readiness=readiness)
+    app = build_app(
+        settings,
+        title="llmops llm-proxy",
+        lifespan=lifespan,
+        readiness=readiness,
+        fast_routes={
+            ("POST", "/v1/chat/completions"): routes.chat_completions,
+            ("POST", "/v1/embeddings"): routes.embeddings,
+        },
+    )
     app.state.proxy_metrics = ProxyMetrics.create(app.state.metrics)
     app.include_router(routes.router)
     app.include_router(admin.router)

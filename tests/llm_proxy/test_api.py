@@ -164,6 +164,16 @@ def test_bad_requests(
         assert err["code"] == code
 
 
+def test_body_limit_on_the_fast_route(proxy: Proxy, key: str) -> None:
+    big = b'{"model": "fake", "messages": [{"role": "user", "content": "' + b"x" * (9 << 20)
+    r = proxy.http.post(
+        f"{proxy.url}/v1/chat/completions",
+        content=iter([big[i : i + 65536] for i in range(0, len(big), 65536)]),  # chunked
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert r.status_code == 413 and _error(r)["code"] == "request_too_large"
+
+
 def test_not_json(proxy: Proxy, key: str) -> None:
     r = httpx.post(
         f"{proxy.url}/v1/chat/completions",
@@ -200,5 +210,6 @@ def test_metrics_count_tokens_cost_and_overhead(proxy: Proxy, key: str) -> None:
         'llmops_llm_cost_usd_total{alias="fake",deployment="a"}',
         "llmops_llm_overhead_seconds_bucket",
         'llmops_llm_circuit_state{deployment="a"} 0.0',
+        'llmops_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}',
     ):
         assert name in text, name
