@@ -191,6 +191,7 @@ class RedisLimiter:
         self.prefix = prefix
         self._take = redis.register_script(_TAKE)
         self._leases: dict[str, _Lease] = {}
+        self._topups: dict[str, asyncio.Future[None]] = {}
         self._down_until = 0.0
         self.on_error = on_error
         self._deltas: dict[str, int] = {}
@@ -232,7 +233,7 @@ class RedisLimiter:
         need_r = 1 if limits.rpm is not None else 0
         need_t = tokens if limits.tpm is not None else 0
         need_b = cost_nano if limits.budget_nano is not None else 0
-        for _ in range(5):
+        for _ in range(20):
             if lease.window != window:
                 lease.window, lease.requests, lease.tokens = window, 0, 0
             short_r = max(0, need_r - lease.requests)
@@ -246,6 +247,11 @@ class RedisLimiter:
                     limits.subject, window, tokens, cost_nano, True,
                     has_tpm=limits.tpm is not None, has_budget=limits.budget_nano is not None,
                 )  # fmt: skip
+            pending = self._topups.get(limits.subject)
+            if pending is not None:
+                # One top-up per key at a time: wait for it, then look at the lease again.
+                await asyncio.shield(pending)
+                continue
             if time.monotonic() < self._down_until:
                 return self._degraded(limits.subject, window, tokens, cost_nano)
             want_r = max(short_r, (limits.rpm or 0) // LEASE_SHARE) if short_r else 0
@@ -255,11 +261,17 @@ class RedisLimiter:
                 limits.rpm or 0, limits.tpm or 0, limits.budget_nano or 0,
                 short_r, want_r, short_t, want_t, short_b, want_b, _TTL_S, limits.spent_nano,
             ]  # fmt: skip
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._topups[limits.subject] = done
             try:
-                granted = await self._take(keys=list(self._keys(limits.subject, window)), args=args)
+                keys = list(self._keys(limits.subject, window))
+                granted = await self._take(keys=keys, args=args)
             except (RedisError, OSError) as exc:
                 self._failed(exc)
                 return self._degraded(limits.subject, window, tokens, cost_nano)
+            finally:
+                del self._topups[limits.subject]
+                done.set_result(None)
             code = int(granted[0])
             if code:
                 raise RateLimited(REASONS[code], retry_after)
@@ -267,7 +279,7 @@ class RedisLimiter:
                 lease.requests += int(granted[1])
                 lease.tokens += int(granted[2])
             lease.budget += int(granted[3])
-        # Other requests kept using up what was taken for this one: treat as the limit.
+        # Other requests kept using up what was taken for this one: treat it as the limit.
         raise RateLimited("rpm" if limits.rpm is not None else "tpm", retry_after)
 
     def settle(self, res: Reservation, tokens: int, cost_nano: int) -> None:

@@ -79,6 +79,11 @@ def test_large_limits_are_leased_and_still_hold(replicas: tuple[Proxy, Proxy]) -
     ok = sum(r.status_code == 200 for r in results)
     assert 90 <= ok <= 100, ok
     assert {r.status_code for r in results} == {200, 429}
+    # Far from its limits, a burst is never refused: concurrent requests on one replica wait
+    # for one top-up of the lease instead of each taking (and exhausting) the shared limit.
+    roomy = replicas[0].create_key(name="roomy", rpm=10_000_000, tpm=10**9, max_budget_usd=1e6)
+    results = _burst(replicas, roomy["key"], 64, model="fake", max_tokens=1)
+    assert [r.status_code for r in results] == [200] * 64
 
 
 def test_tpm_never_admits_more_tokens_than_the_limit(replicas: tuple[Proxy, Proxy]) -> None:
