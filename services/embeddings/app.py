@@ -1,22 +1,19 @@
 """Embeddings service: ``create_app(settings)`` and the lifespan that owns the model.
 
-The model loads in the background after the server starts: ``/healthz`` answers at once, and
-``/readyz`` turns 200 when the model is loaded, so Kubernetes neither kills a slow-loading pod
-nor sends it traffic too early.
+The model loads in the background after the server starts (``common/loading.py``):
+``/healthz`` answers at once, ``/readyz`` turns 200 when the model is loaded.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 
 from services.common.app import build_app
+from services.common.loading import in_daemon_thread, model_lifespan
 from services.embeddings import routes
 from services.embeddings.batcher import Batcher
 from services.embeddings.config import EmbeddingsSettings
@@ -25,14 +22,10 @@ from services.embeddings.encoder import load_encoder
 log = logging.getLogger("llmops.embeddings")
 
 
-async def _load(app: FastAPI, settings: EmbeddingsSettings) -> None:
+async def _load(app: FastAPI) -> None:
+    settings: EmbeddingsSettings = app.state.settings
     started = time.perf_counter()
-    try:
-        encoder = await asyncio.to_thread(load_encoder, settings)
-    except Exception as exc:
-        app.state.load_error = f"{type(exc).__name__}: {exc}"
-        log.exception("model failed to load")
-        return
+    encoder = await in_daemon_thread(lambda: load_encoder(settings))
     batcher = Batcher(
         encoder,
         app.state.metrics,
@@ -58,21 +51,9 @@ async def _load(app: FastAPI, settings: EmbeddingsSettings) -> None:
     )
 
 
-@contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: EmbeddingsSettings = app.state.settings
-    app.state.encoder = None
-    app.state.batcher = None
-    app.state.load_error = None
-    loader = asyncio.create_task(_load(app, settings), name="load-model")
-    try:
-        yield
-    finally:
-        loader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loader
-        if app.state.batcher is not None:
-            await app.state.batcher.stop()
+async def _stop(app: FastAPI) -> None:
+    if app.state.batcher is not None:
+        await app.state.batcher.stop()
 
 
 async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
@@ -88,6 +69,13 @@ async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
 
 def create_app(settings: EmbeddingsSettings | None = None) -> FastAPI:
     settings = settings or EmbeddingsSettings()
-    app = build_app(settings, title="llmops embeddings", lifespan=lifespan, readiness=readiness)
+    app = build_app(
+        settings,
+        title="llmops embeddings",
+        lifespan=model_lifespan(_load, _stop),
+        readiness=readiness,
+    )
+    app.state.encoder = None
+    app.state.batcher = None
     app.include_router(routes.router)
     return app

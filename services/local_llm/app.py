@@ -1,65 +1,30 @@
 """local-llm service: ``create_app(settings)`` and the lifespan that owns the model.
 
 The model loads in the background after the server starts (~40 s the first time, while the
-GGUF file is converted; ~3 s from the cache afterwards): ``/healthz`` answers at once and
-``/readyz`` turns 200 once the model is loaded and warmed up. The loader is a daemon thread,
-so stopping the service during a first, long conversion does not wait for it to finish.
+GGUF file is converted; ~3 s from the cache afterwards), through ``common/loading.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 
 from services.common.app import build_app
+from services.common.loading import in_daemon_thread, model_lifespan
 from services.local_llm import routes
 from services.local_llm.config import LocalLLMSettings
-from services.local_llm.generator import Generator, Scheduler, load_generator
+from services.local_llm.generator import Scheduler, load_generator
 
 log = logging.getLogger("llmops.local_llm")
 
 
-def _load_in_daemon(settings: LocalLLMSettings) -> asyncio.Future[Generator]:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Generator] = loop.create_future()
-
-    def succeed(generator: Generator) -> None:
-        if not future.done():
-            future.set_result(generator)
-
-    def fail(error: BaseException) -> None:
-        if not future.done():
-            future.set_exception(error)
-
-    def work() -> None:
-        try:
-            generator = load_generator(settings)
-        except BaseException as exc:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
-                loop.call_soon_threadsafe(fail, exc)
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(succeed, generator)
-
-    threading.Thread(target=work, name="load-model", daemon=True).start()
-    return future
-
-
-async def _load(app: FastAPI, settings: LocalLLMSettings) -> None:
+async def _load(app: FastAPI) -> None:
+    settings: LocalLLMSettings = app.state.settings
     started = time.perf_counter()
-    try:
-        generator = await _load_in_daemon(settings)
-    except Exception as exc:
-        app.state.load_error = f"{type(exc).__name__}: {exc}"
-        log.exception("model failed to load")
-        return
+    generator = await in_daemon_thread(lambda: load_generator(settings))
     scheduler = Scheduler(generator, app.state.metrics, max_queue=settings.max_queue)
     scheduler.start()
     app.state.loaded_at = int(time.time())
@@ -78,21 +43,9 @@ async def _load(app: FastAPI, settings: LocalLLMSettings) -> None:
     )
 
 
-@contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: LocalLLMSettings = app.state.settings
-    app.state.generator = None
-    app.state.scheduler = None
-    app.state.load_error = None
-    loader = asyncio.create_task(_load(app, settings), name="load-model")
-    try:
-        yield
-    finally:
-        loader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loader
-        if app.state.scheduler is not None:
-            await app.state.scheduler.stop()
+async def _stop(app: FastAPI) -> None:
+    if app.state.scheduler is not None:
+        await app.state.scheduler.stop()
 
 
 async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
@@ -108,6 +61,13 @@ async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
 
 def create_app(settings: LocalLLMSettings | None = None) -> FastAPI:
     settings = settings or LocalLLMSettings()
-    app = build_app(settings, title="llmops local-llm", lifespan=lifespan, readiness=readiness)
+    app = build_app(
+        settings,
+        title="llmops local-llm",
+        lifespan=model_lifespan(_load, _stop),
+        readiness=readiness,
+    )
+    app.state.generator = None
+    app.state.scheduler = None
     app.include_router(routes.router)
     return app
