@@ -17,6 +17,7 @@ from typing import TypeVar
 from fastapi import FastAPI
 
 from services.common.app import Lifespan
+from services.common.errors import APIError
 
 T = TypeVar("T")
 log = logging.getLogger("llmops.loading")
@@ -78,3 +79,16 @@ def model_lifespan(
             await stop(app)
 
     return lifespan
+
+
+def not_ready(app: FastAPI, retry_after_s: int) -> APIError:
+    """The 503 a model route answers before the model is there: loading, or failed to load."""
+    error = getattr(app.state, "load_error", None)
+    if error:
+        return APIError(503, f"The model failed to load: {error}", code="model_load_failed")
+    return APIError(
+        503,
+        "The model is still loading; retry shortly.",
+        code="model_loading",
+        headers={"Retry-After": str(retry_after_s)},
+    )

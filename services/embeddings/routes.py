@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from services.common.errors import APIError
+from services.common.loading import not_ready
 from services.embeddings.batcher import Batcher, BatcherStopped, QueueFull
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.encoder import Encoder, Vectors
@@ -27,15 +28,7 @@ def _ready(request: Request) -> tuple[Encoder, Batcher]:
     encoder: Encoder | None = getattr(request.app.state, "encoder", None)
     batcher: Batcher | None = getattr(request.app.state, "batcher", None)
     if encoder is None or batcher is None:
-        error = getattr(request.app.state, "load_error", None)
-        if error:
-            raise APIError(503, f"The model failed to load: {error}", code="model_load_failed")
-        raise APIError(
-            503,
-            "The model is still loading; retry shortly.",
-            code="model_loading",
-            headers={"Retry-After": "2"},
-        )
+        raise not_ready(request.app, retry_after_s=2)
     return encoder, batcher
 
 

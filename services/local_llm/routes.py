@@ -15,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from services.common.errors import APIError, error_body
+from services.common.loading import not_ready
 from services.local_llm.config import LocalLLMSettings
 from services.local_llm.generator import (
     Completion,
@@ -36,15 +37,7 @@ def _ready(request: Request) -> tuple[Generator, Scheduler]:
     generator: Generator | None = getattr(request.app.state, "generator", None)
     scheduler: Scheduler | None = getattr(request.app.state, "scheduler", None)
     if generator is None or scheduler is None:
-        error = getattr(request.app.state, "load_error", None)
-        if error:
-            raise APIError(503, f"The model failed to load: {error}", code="model_load_failed")
-        raise APIError(
-            503,
-            "The model is still loading; retry shortly.",
-            code="model_loading",
-            headers={"Retry-After": "5"},
-        )
+        raise not_ready(request.app, retry_after_s=5)
     return generator, scheduler
 
 
