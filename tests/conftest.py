@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -111,6 +112,38 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield start
     for proc in started:
         proc.stop()
+
+
+def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """An error answer in the platform's one shape (OpenAI's), with an actionable message."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and len(err["message"]) > 10
+    assert "Traceback" not in err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+    return dict(err)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{.*\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+def scrape(svc: ServiceProcess) -> str:
+    return httpx.get(f"{svc.url}/metrics", timeout=10).text
 
 
 def auth_headers(key: str = API_KEY) -> dict[str, str]:

@@ -35,7 +35,8 @@ def retrieval_client(url: str | None) -> httpx.Client:
     return httpx.Client(base_url=base, headers=headers, timeout=600)
 
 
-def _error(r: httpx.Response) -> str:
+def error_message(r: httpx.Response) -> str:
+    """The message of an error answer (every service answers in OpenAI's error shape)."""
     try:
         return str(r.json()["error"]["message"])
     except Exception:
@@ -82,7 +83,7 @@ def ensure_collection(client: httpx.Client, name: str) -> None:
             "/v1/collections", json={"name": name, "metadata_fields": {"extension": "keyword"}}
         )
     if r.status_code not in (200, 201):
-        raise RuntimeError(_error(r))
+        raise RuntimeError(error_message(r))
 
 
 def ingest(paths: list[Path], collection: str, url: str | None, batch_size: int) -> int:
@@ -116,7 +117,7 @@ def ingest(paths: list[Path], collection: str, url: str | None, batch_size: int)
                 if r.status_code != 200:
                     for doc in batch:
                         summary["failed"] += 1
-                        failures.append((doc["id"], _error(r)))
+                        failures.append((doc["id"], error_message(r)))
                 else:
                     for res in r.json()["results"]:
                         summary[res["status"]] += 1
@@ -167,7 +168,7 @@ def search(query: str, collection: str, top_k: int, filters: list[str], url: str
     with retrieval_client(url) as client:
         r = client.post(f"/v1/collections/{collection}/search", json=body)
     if r.status_code != 200:
-        err.print(f"[red]search failed:[/] {_error(r)}")
+        err.print(f"[red]search failed:[/] {error_message(r)}")
         return 1
     results = r.json()["results"]
     table = Table(title=f"{query!r} in '{collection}'", show_lines=True)

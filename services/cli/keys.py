@@ -9,6 +9,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from services.cli.client import api_key, error_message
+
 console = Console()
 err = Console(stderr=True)
 
@@ -21,8 +23,7 @@ def admin_client(url: str | None, key: str | None) -> httpx.Client:
     base = url or os.environ.get("LLMOPS_PROXY_URL", "http://127.0.0.1:8003")
     key = key or master_key()
     if not key:
-        from services.cli.client import api_key  # `llmops up` uses the dev key as master key
-
+        # `llmops up` uses the dev key as master key.
         key = api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.Client(base_url=base, headers=headers, timeout=30)
@@ -35,11 +36,7 @@ def _call(client: httpx.Client, method: str, path: str, **kw: Any) -> Any:
         err.print(f"[red]cannot reach the proxy at {client.base_url}[/]: {exc}")
         return None
     if r.status_code >= 400:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:200]
-        err.print(f"[red]{r.status_code}[/] {message}")
+        err.print(f"[red]{r.status_code}[/] {error_message(r)}")
         return None
     return r.json()
 

@@ -8,13 +8,21 @@ from services.common.context import current_request_id
 from services.common.tracing import inject_headers
 
 
-async def _propagate(request: httpx.Request) -> None:
+def context_headers() -> dict[str, str]:
+    """``traceparent`` (when a span is current) and ``x-request-id`` for an outgoing call; every
+    HTTP client of the platform (httpx here, aiohttp in the LLM proxy) sends these."""
     carrier: dict[str, str] = {}
     inject_headers(carrier)
-    request.headers.update(carrier)
     rid = current_request_id()
-    if rid and "x-request-id" not in request.headers:
-        request.headers["x-request-id"] = rid
+    if rid:
+        carrier["x-request-id"] = rid
+    return carrier
+
+
+async def _propagate(request: httpx.Request) -> None:
+    for name, value in context_headers().items():
+        if name != "x-request-id" or name not in request.headers:
+            request.headers[name] = value
 
 
 def create_client(

@@ -43,9 +43,8 @@ def retrying(
             hint = retry_after(exc)
         else:
             hint = getattr(exc, "retry_after", None)
-        if isinstance(hint, (int, float)) and hint > 0:
-            return float(min(hint, MAX_RETRY_AFTER_S))
-        return float(backoff(state))
+        capped = _capped(hint)
+        return capped if capped is not None else float(backoff(state))
 
     return AsyncRetrying(
         stop=stop_after_attempt(attempts + 1),
@@ -59,10 +58,15 @@ def retrying(
 def first_delay(exc: BaseException, initial_s: float, max_s: float) -> float:
     """The wait before the first retry, for a caller that made its first attempt without
     tenacity (a hot path): the server's hint if any, else the same jittered backoff."""
-    hint = getattr(exc, "retry_after", None)
+    capped = _capped(getattr(exc, "retry_after", None))
+    return capped if capped is not None else min(max_s, initial_s + random.uniform(0, initial_s))
+
+
+def _capped(hint: object) -> float | None:
+    """A server's positive delay hint, capped at ``MAX_RETRY_AFTER_S``; None without one."""
     if isinstance(hint, (int, float)) and hint > 0:
         return float(min(hint, MAX_RETRY_AFTER_S))
-    return min(max_s, initial_s + random.uniform(0, initial_s))
+    return None
 
 
 def retry_after_seconds(value: str | None) -> float | None:

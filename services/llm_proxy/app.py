@@ -78,7 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys=KeyCache(store, settings.key_cache_ttl_s),
         spend=spend,
         metrics=metrics,
-        gateway=Gateway(lambda: state.router, limiter, metrics, settings.connect_timeout_s),
+        gateway=Gateway(lambda: state.router, limiter, metrics),
         master_hash=None
         if master is None
         else hashlib.sha256(master.get_secret_value().encode()).digest(),

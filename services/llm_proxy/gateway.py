@@ -126,12 +126,10 @@ class Gateway:
         router: Callable[[], Router],
         limiter: Limiter,
         metrics: ProxyMetrics,
-        connect_timeout_s: float,
     ) -> None:
         self.router = router
         self.limiter = limiter
         self.metrics = metrics
-        self.connect_timeout_s = connect_timeout_s
 
     async def call(
         self,

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Integer,
     String,
     create_engine,
+    event,
     func,
     select,
     update,
@@ -150,8 +151,6 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         # WAL lets the spend writer and key lookups run side by side.
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        from sqlalchemy import event
 
         @event.listens_for(engine, "connect")
         def _pragma(dbapi_conn: Any, _: Any) -> None:

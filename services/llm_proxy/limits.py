@@ -325,13 +325,6 @@ class RedisLimiter:
         except (RedisError, OSError) as exc:
             self._failed(exc)
 
-    async def spent_nano(self, subject: str) -> int | None:
-        try:
-            value = await self.redis.get(self._keys(subject, 0)[2])
-        except (RedisError, OSError):
-            return None
-        return None if value is None else int(value)
-
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())

@@ -110,6 +110,7 @@ class Router:
         self.states: dict[str, DeploymentState] = {}
         self.catalog = catalog
         self.prices: dict[str, AliasPrices] = {}
+        self.modes: dict[str, str] = {}
         self.swap(catalog, keys)
 
     def swap(self, catalog: Catalog, keys: dict[str, str | None]) -> None:
@@ -138,7 +139,9 @@ class Router:
                 max(d.output_cost_per_1k for d in deps),
                 chain,
             )
-        self.catalog, self.states, self.prices = catalog, states, prices
+        # Per alias, once per config: the request path looks these up, never scans the catalog.
+        modes = {alias: catalog.mode(alias) for alias in catalog.aliases}
+        self.catalog, self.states, self.prices, self.modes = catalog, states, prices, modes
 
     @staticmethod
     def _chain(catalog: Catalog, alias: str) -> list[str]:

@@ -60,8 +60,8 @@ def _alias(state: ProxyState, caller: KeyRecord, data: dict[str, Any], mode: str
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise APIError(400, "Missing required parameter: 'model'.", param="model", code="missing")
-    catalog = state.router.catalog
-    if model not in catalog.aliases:
+    router = state.router
+    if model not in router.modes:
         raise APIError(
             404,
             f"The model '{model}' does not exist; GET /v1/models lists the ones you can use.",
@@ -76,7 +76,7 @@ def _alias(state: ProxyState, caller: KeyRecord, data: dict[str, Any], mode: str
             param="model",
             code="model_not_allowed",
         )
-    if catalog.mode(model) != mode:
+    if router.modes[model] != mode:
         endpoint = "/v1/embeddings" if mode == "chat" else "/v1/chat/completions"
         raise APIError(
             400,

@@ -16,9 +16,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from services.common.context import current_request_id
+from services.common.http import context_headers
 from services.common.retry import retry_after_seconds
-from services.common.tracing import inject_headers
 from services.llm_proxy.catalog import Deployment
 
 RETRY, NEXT, CLIENT = "retry", "next", "client"
@@ -107,12 +106,7 @@ def target(dep: Deployment, api_key: str | None, endpoint: str) -> Target:
 
 
 def _outgoing(headers: dict[str, str]) -> dict[str, str]:
-    out = dict(headers)
-    inject_headers(out)
-    rid = current_request_id()
-    if rid:
-        out["x-request-id"] = rid
-    return out
+    return {**headers, **context_headers()}
 
 
 def create_session(max_connections: int, connect_timeout_s: float) -> aiohttp.ClientSession:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.conftest import API_KEY, ServiceProcess, auth_headers
+from tests.conftest import API_KEY, ServiceProcess, assert_error, auth_headers, metric, scrape
 from tests.embeddings.conftest import MODEL
 
 TEXTS = [
@@ -25,25 +25,6 @@ TEXTS = [
     "short",
     " ".join(["retrieval augmented generation"] * 40),
 ]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{.*\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
-
-
-def scrape(svc: ServiceProcess) -> str:
-    return httpx.get(f"{svc.url}/metrics", timeout=10).text
 
 
 def test_models_lists_dimension_and_limit(client: OpenAI) -> None:
@@ -144,18 +125,6 @@ def _post(svc: ServiceProcess, body: Any, **kw: Any) -> httpx.Response:
     if isinstance(body, (bytes, str)):
         return httpx.post(f"{svc.url}/v1/embeddings", content=body, headers=headers, **kw)
     return httpx.post(f"{svc.url}/v1/embeddings", json=body, headers=headers, **kw)
-
-
-def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert isinstance(err["message"], str) and len(err["message"]) > 10
-    assert "Traceback" not in err["message"]
-    if code is not None:
-        assert err["code"] == code, err
-    return dict(err)
 
 
 BAD_INPUTS = [

@@ -11,9 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ServiceProcess
+from tests.conftest import ServiceProcess, assert_error
 from tests.embeddings.conftest import MODEL
-from tests.embeddings.test_api import assert_error
 from tests.fakes.otlp import OtlpReceiver
 
 

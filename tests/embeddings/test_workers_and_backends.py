@@ -12,9 +12,9 @@ from openai import OpenAI
 
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.encoder import OnnxEncoder, load_encoder
-from tests.conftest import API_KEY, API_KEY_HASH, auth_headers
+from tests.conftest import API_KEY, API_KEY_HASH, auth_headers, metric
 from tests.embeddings.conftest import MODEL
-from tests.embeddings.test_api import TEXTS, metric
+from tests.embeddings.test_api import TEXTS
 
 
 def test_metrics_add_up_across_workers(service_factory: Any) -> None:

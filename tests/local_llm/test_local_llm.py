@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from services.local_llm.generator import (
     load_model,
     write_cache,
 )
-from tests.conftest import API_KEY, ServiceProcess, auth_headers
+from tests.conftest import API_KEY, ServiceProcess, assert_error, auth_headers, metric, scrape
 
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -56,23 +55,6 @@ def llm(local_llm: ServiceProcess) -> ServiceProcess:
 def client(llm: ServiceProcess) -> Iterator[OpenAI]:
     with OpenAI(base_url=f"{llm.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as c:
         yield c
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{.*\})?\s+(\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
-
-
-def scrape(svc: ServiceProcess) -> str:
-    return httpx.get(f"{svc.url}/metrics", timeout=10).text
 
 
 def test_models_lists_the_served_model(client: OpenAI) -> None:
@@ -242,17 +224,6 @@ def test_wrong_model_is_404(client: OpenAI) -> None:
     assert isinstance(err, dict)
     assert err["code"] == "model_not_found"
     assert MODEL in err["message"]
-
-
-def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert isinstance(err["message"], str) and len(err["message"]) > 10
-    if code is not None:
-        assert err["code"] == code, err
-    return dict(err)
 
 
 BAD_BODIES: list[tuple[str, Any, str | None]] = [

@@ -11,8 +11,7 @@ import pytest
 from services.common.middleware import OPEN_PATHS
 from services.retrieval.app import create_app
 from services.retrieval.config import RetrievalSettings
-from tests.conftest import API_KEY_HASH, ServiceProcess
-from tests.embeddings.test_api import assert_error
+from tests.conftest import API_KEY_HASH, ServiceProcess, assert_error
 from tests.retrieval.conftest import ingest, make_collection
 
 

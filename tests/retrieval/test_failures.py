@@ -16,8 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY_HASH, ServiceProcess, auth_headers, free_port
-from tests.embeddings.test_api import assert_error, metric
+from tests.conftest import (
+    API_KEY_HASH,
+    ServiceProcess,
+    assert_error,
+    auth_headers,
+    free_port,
+    metric,
+)
 from tests.retrieval.conftest import ingest, make_collection, retrieval_env
 
 

@@ -240,7 +240,7 @@ def test_score_threshold(api: httpx.Client, filtered: str) -> None:
 
 
 def test_metrics_count_documents_chunks_and_searches(api: httpx.Client, filtered: str) -> None:
-    from tests.embeddings.test_api import metric
+    from tests.conftest import metric
 
     search(api, filtered, query="gateway", filter={"lang": "xx"})  # an empty result
     text = api.get("/metrics").text
