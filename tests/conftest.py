@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("LLMOPS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 API_KEY = "sk-test-0123456789abcdef"
 API_KEY_HASH = hashlib.sha256(API_KEY.encode()).hexdigest()
 
@@ -42,6 +45,8 @@ def clean_env(**extra: str) -> dict[str, str]:
                 "RETRIEVAL_",
                 "LLM_PROXY_",
                 "LOCAL_LLM_",
+                "FEEDBACK_",
+                "LANGFUSE_",
                 "LLMOPS_",
                 "PROMETHEUS_MULTIPROC",
                 "OTEL_",
@@ -112,6 +117,27 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@contextmanager
+def fresh_pg_database(prefix: str) -> Iterator[str]:
+    """A new database on the real PostgreSQL (its SQLAlchemy URL), dropped afterwards. When the
+    server is not there the test fails and says so: CI never skips it."""
+    import psycopg
+
+    admin_url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    try:
+        conn = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL is required at {PG_URL} for this test: {exc}")
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_URL.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Embeddings through the OpenAI SDK, then the project's own README and docs ingested into the
 retrieval service (local Qdrant) and searched, then chat completions through the LLM proxy from
-the local model (SmolLM2-135M-Instruct), with a virtual key made for the occasion.
+the local model (SmolLM2-135M-Instruct), with a virtual key made for the occasion; those two
+exchanges are then recorded in the feedback service with a thumbs-up and a correction, and
+turned into KTO and DPO dataset rows.
 
 It starts the services the way an operator would (``llmops up``, under honcho), talks to them
 only through their public APIs with the official ``openai`` SDK, prints what came back, and
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -91,8 +94,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
-def _chat(base: int, master_key: str, proc: subprocess.Popen[bytes]) -> int:
-    """A virtual key, a chat completion and a streamed one, through the proxy."""
+def _chat(base: int, master_key: str, proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
+    """A virtual key, a chat completion and a streamed one, through the proxy; returns the two
+    exchanges as interactions for the feedback service."""
     from openai import OpenAI
 
     proxy = f"http://127.0.0.1:{base + SERVICES['llm-proxy'].port - 8000}"
@@ -129,10 +133,13 @@ def _chat(base: int, master_key: str, proc: subprocess.Popen[bytes]) -> int:
             f"served by {raw.headers.get('x-llmops-deployment')}, "
             f"proxy overhead {raw.headers.get('x-llmops-overhead-ms')} ms"
         )
+    started = time.perf_counter()
     console.print("[bold]streamed:[/] ", end="")
+    colours = "Name three colours."
+    streamed: list[str] = []
     stream = client.chat.completions.create(
         model="smollm2",
-        messages=[{"role": "user", "content": "Name three colours."}],
+        messages=[{"role": "user", "content": colours}],
         max_tokens=24,
         temperature=0,
         stream=True,
@@ -140,12 +147,113 @@ def _chat(base: int, master_key: str, proc: subprocess.Popen[bytes]) -> int:
     )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
+            streamed.append(chunk.choices[0].delta.content)
             console.print(chunk.choices[0].delta.content, end="")
     console.print()
+    stream_ms = (time.perf_counter() - started) * 1000
     proxy_metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
     for line in proxy_metrics.splitlines():
         if line.startswith(("llmops_llm_tokens_total", "llmops_llm_requests_total")):
             console.print(f"metrics: {line}")
+    common = {
+        "model": "smollm2",
+        "deployment": raw.headers.get("x-llmops-deployment"),
+        "prompt_name": "demo-chat",
+        "prompt_version": "1",
+        "environment": "dev",
+    }
+    return [
+        {
+            "id": "demo-" + secrets.token_hex(6),
+            "messages": [{"role": "user", "content": question}],
+            "answer": (answer.choices[0].message.content or "").strip(),
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+            }
+            if usage
+            else None,
+            **common,
+        },
+        {
+            "id": "demo-" + secrets.token_hex(6),
+            "messages": [{"role": "user", "content": colours}],
+            "answer": "".join(streamed).strip(),
+            "latency_ms": round(stream_ms, 1),
+            **common,
+        },
+    ]
+
+
+def _feedback(
+    base: int, key: str, proc: subprocess.Popen[bytes], interactions: list[dict[str, Any]]
+) -> int:
+    """Record the two exchanges, a thumbs-up on one and a correction of the other, then show
+    the datasets they turn into (KTO and DPO, in TRL's columns) and the stats."""
+    url = f"http://127.0.0.1:{base + SERVICES['feedback'].port - 8000}"
+    console.rule("[bold]feedback: interactions, a thumbs-up, a correction, datasets[/]")
+    _wait_ready(url, proc)
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as client:
+        for item in interactions:
+            r = client.post("/v1/interactions", json=item)
+            r.raise_for_status()
+            console.print(
+                f"interaction {item['id']} recorded ({r.status_code}), trace {r.json()['trace_id']}"
+            )
+        liked, corrected = interactions
+        thumbs = {
+            "interaction_id": liked["id"],
+            "kind": "thumbs",
+            "value": "up",
+            "user_id": "demo-user",
+            "idempotency_key": f"{liked['id']}-thumbs",
+        }
+        first = client.post("/v1/feedback", json=thumbs)
+        again = client.post("/v1/feedback", json=thumbs)
+        first.raise_for_status()
+        console.print(
+            f"thumbs-up recorded ({first.status_code}); the same request again "
+            f"answers {again.status_code} with the same id "
+            f"({first.json()['id'] == again.json()['id']}): no duplicate"
+        )
+        r = client.post(
+            "/v1/feedback",
+            json={
+                "interaction_id": corrected["id"],
+                "kind": "correction",
+                "value": "Red, green and blue.",
+                "user_id": "demo-user",
+            },
+        )
+        r.raise_for_status()
+        console.print(f"correction recorded ({r.status_code})")
+        bad = client.post(
+            "/v1/feedback", json={"interaction_id": liked["id"], "kind": "rating", "value": 9}
+        )
+        console.print(
+            f"bad input is refused with {bad.status_code}: {bad.json()['error']['message']}"
+        )
+        for fmt in ("kto", "dpo"):
+            r = client.get(f"/v1/exports/{fmt}", params={"prompt_name": "demo-chat"})
+            r.raise_for_status()
+            lines = [ln for ln in r.text.splitlines() if ln]
+            if not lines:
+                console.print(f"[red]the {fmt} export is empty[/]")
+                return 1
+            console.print(
+                f"[bold]{fmt} export[/] ({len(lines)} rows), first: {lines[0]}", soft_wrap=True
+            )
+        st = client.get("/v1/feedback/stats", params={"group_by": "prompt_version"}).json()
+        for g in st["data"]:
+            rate = g["positive_rate"]
+            ci = g["ci95"]
+            console.print(
+                f"stats for prompt version {g['prompt_version']}: {g['interactions']} "
+                f"interactions, feedback {g['feedback']}, positive rate "
+                + (f"{rate:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f})" if rate is not None else "n/a")
+            )
     return 0
 
 
@@ -234,7 +342,7 @@ def run_demo() -> int:
         finally:
             os.chdir(cwd)
 
-        if _chat(base, key, proc) != 0:
+        if _feedback(base, key, proc, _chat(base, key, proc)) != 0:
             return 1
 
         metrics = httpx.get(f"{url}/metrics", timeout=5).text

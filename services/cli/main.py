@@ -87,6 +87,8 @@ def up_environment(key: str, data_dir: Path, host: str, base_port: int) -> dict[
     env.setdefault("LLM_PROXY_MASTER_KEY", key)
     env.setdefault("LLM_PROXY_DATABASE_URL", f"sqlite:///{data_dir / 'llm-proxy.db'}")
     env["LLMOPS_LOCAL_UPSTREAM_KEY"] = key
+    env.setdefault("FEEDBACK_DATABASE_URL", f"sqlite:///{data_dir / 'feedback.db'}")
+    env.setdefault("FEEDBACK_SPOOL_DIR", str(data_dir / "feedback-spool"))
     if "LLM_PROXY_CONFIG_PATH" not in env:
         path = data_dir / "llm-proxy.yaml"
         write_local_routing(path, host, base_port)
@@ -285,6 +287,96 @@ def keys_revoke(
 
     with keys.admin_client(url, master_key) as client:
         raise typer.Exit(keys.revoke(client, key_id))
+
+
+db_app = typer.Typer(
+    help="Schema migrations of the services that keep rows in SQL (feedback, llm-proxy).",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+DB_SERVICES = ("feedback", "llm-proxy")
+DbService = Annotated[
+    str, typer.Argument(help="feedback, llm-proxy or all (each has its own version table).")
+]
+DbURL = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Default: the service's own setting (FEEDBACK_DATABASE_URL, "
+        "LLM_PROXY_DATABASE_URL, or their _FILE variants).",
+        show_default=False,
+    ),
+]
+
+
+def _db_targets(service: str) -> list[str]:
+    if service == "all":
+        return list(DB_SERVICES)
+    if service not in DB_SERVICES:
+        console.print(f"[red]{service!r} keeps no SQL[/]; choose feedback, llm-proxy or all")
+        raise typer.Exit(2)
+    return [service]
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    service: DbService = "all",
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+    database_url: DbURL = None,
+) -> None:
+    """Migrate the database(s) to the latest schema: a Helm pre-upgrade hook runs this."""
+    from services.cli.db import upgrade
+
+    raise typer.Exit(upgrade(_db_targets(service), revision, database_url))
+
+
+@db_app.command("current")
+def db_current(service: DbService = "all", database_url: DbURL = None) -> None:
+    """Print the schema revision each database is at."""
+    from services.cli.db import current
+
+    raise typer.Exit(current(_db_targets(service), database_url))
+
+
+feedback_app = typer.Typer(help="The feedback service's data.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="sft (messages), kto or dpo (TRL columns).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The JSONL file to write.")],
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time, inclusive.")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO 8601 time, exclusive.")] = None,
+    prompt_name: Annotated[str | None, typer.Option()] = None,
+    prompt_version: Annotated[str | None, typer.Option()] = None,
+    model: Annotated[str | None, typer.Option(help="Model alias.")] = None,
+    environment: Annotated[str | None, typer.Option()] = None,
+    rating: Annotated[int | None, typer.Option(min=1, max=5)] = None,
+    label: Annotated[str | None, typer.Option()] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Feedback URL; default $LLMOPS_FEEDBACK_URL or :8005.")
+    ] = None,
+) -> None:
+    """Stream a training dataset (JSONL) from the feedback service into a file."""
+    from services.cli.feedback import export
+
+    if format not in ("sft", "kto", "dpo"):
+        console.print(f"[red]unknown format {format!r}[/]; choose sft, kto or dpo")
+        raise typer.Exit(2)
+    filters = {
+        "since": since,
+        "until": until,
+        "prompt_name": prompt_name,
+        "prompt_version": prompt_version,
+        "model": model,
+        "environment": environment,
+        "rating": rating,
+        "label": label,
+    }
+    raise typer.Exit(export(url, format, output, filters))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,6 +53,12 @@ SERVICES: dict[str, ServiceSpec] = {
         "services.local_llm.config:LocalLLMSettings",
         8004,
     ),
+    "feedback": ServiceSpec(
+        "feedback",
+        "services.feedback.app:create_app",
+        "services.feedback.config:FeedbackSettings",
+        8005,
+    ),
 }
 
 

@@ -1,26 +1,18 @@
-"""Schema migrations with Alembic, run at start (or as a Kubernetes Job with auto_migrate off)."""
+"""Schema migrations of the key store with Alembic, run at start (or as a Kubernetes Job with
+auto_migrate off, via ``llmops db upgrade``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from services.common import db
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-_LOCK_ID = 7_301_204  # any constant: serialises replicas migrating one PostgreSQL at once
+LOCK_ID = 7_301_204  # any constant: serialises replicas migrating one PostgreSQL at once
+VERSION_TABLE = "alembic_version"  # the proxy came first and keeps Alembic's default name
 
 
-def migrate(engine: Engine) -> None:
-    """Upgrade to head. On PostgreSQL an advisory lock keeps concurrent replicas in line."""
-    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
-        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+def migrate(engine: Engine, revision: str = "head") -> None:
+    db.migrate(engine, MIGRATIONS, lock_id=LOCK_ID, version_table=VERSION_TABLE, revision=revision)

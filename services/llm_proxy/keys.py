@@ -24,8 +24,6 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
-    create_engine,
-    event,
     func,
     select,
     update,
@@ -33,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from services.common import db
 from services.common.auth import hash_key
 
 log = logging.getLogger("llmops.llm_proxy.keys")
@@ -148,19 +147,8 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        # WAL lets the spend writer and key lookups run side by side.
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragma(dbapi_conn: Any, _: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    """SQLite (WAL lets the spend writer and key lookups run side by side) or PostgreSQL."""
+    return db.make_engine(url)
 
 
 class KeyStore:

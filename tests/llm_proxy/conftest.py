@@ -6,7 +6,6 @@ Redis and PostgreSQL are never skipped: if they are not reachable the tests fail
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -19,11 +18,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, ServiceProcess, clean_env, free_port
+from tests.conftest import ROOT, ServiceProcess, clean_env, free_port, fresh_pg_database
 
 MASTER_KEY = "sk-master-test-0123456789abcdef"
 REDIS_URL = os.environ.get("LLMOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-PG_URL = os.environ.get("LLMOPS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 FAKE = ROOT / "tests" / "fakes" / "openai_upstream.py"
 
 
@@ -174,20 +172,8 @@ def redis_url() -> str:
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh database on the real PostgreSQL, dropped afterwards."""
-    import psycopg
-
-    admin_url = PG_URL.replace("postgresql+psycopg://", "postgresql://")
-    name = f"llmops_proxy_{secrets.token_hex(4)}"
-    try:
-        conn = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL is required at {PG_URL} for the key-store tests: {exc}")
-    with conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_pg_database("llmops_proxy") as url:
+        yield url
 
 
 def base_config(fakes: dict[str, FakeUpstream]) -> dict[str, Any]:

@@ -1,0 +1,313 @@
+"""Group commit, and the switch to the spool when the database is unreachable.
+
+One task owns every write. It takes all the ops waiting (up to ``max_batch``) and writes them
+in one transaction in a worker thread, so 32 concurrent clients cost one round of SQL and one
+commit, not 32. Modes:
+
+* ``direct``: ops go to the database; the client hears 201/200 once the commit returned.
+* ``spooling``: the database failed; ops go to the spool (one fsync per batch) and clients hear
+  202. The database is probed every ``probe_interval_s``.
+* ``draining``: the database answers again; the spool is written to it a chunk at a time. New
+  ops still go to the spool behind the old ones, so feedback never overtakes the interaction it
+  is about. When the spool is empty the mode is ``direct`` again.
+
+A commit whose answer was lost (the connection died after COMMIT was sent) is spooled as well:
+writing it again is a no-op, because every key was fixed when the op was accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from services.feedback.spool import Spool
+from services.feedback.store import Op, Outcome, Written, apply
+
+log = logging.getLogger("llmops.feedback.committer")
+
+Mode = Literal["direct", "spooling", "draining"]
+_OUTAGE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, _OUTAGE):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+class Committer:
+    def __init__(
+        self,
+        engine: Engine,
+        spool: Spool,
+        *,
+        on_written: Callable[[Written], None],
+        on_mode: Callable[[Mode], None],
+        on_spool: Callable[[Spool, int], None],  # the spool, and how many ops just went in
+        on_rejected: Callable[[str], None],
+        max_batch: int = 512,
+        drain_chunk: int = 500,
+        probe_interval_s: float = 1.0,
+        prepare: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.spool = spool
+        self.on_written = on_written
+        self.on_mode = on_mode
+        self.on_spool = on_spool
+        self.on_rejected = on_rejected
+        self.max_batch = max_batch
+        self.drain_chunk = drain_chunk
+        self.probe_interval_s = probe_interval_s
+        # Run once the database answers, before anything is written (the migrations, when
+        # the service started while the database was down).
+        self.prepare = prepare
+        self.queue: asyncio.Queue[tuple[Op, asyncio.Future[Outcome]]] = asyncio.Queue()
+        self.mode: Mode = "direct"
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._next_probe = 0.0
+
+    # -- the public side ---------------------------------------------------------------------------
+
+    def start(self, *, database_up: bool = True) -> None:
+        if not database_up:
+            self._set_mode("spooling")
+        elif self.spool.has_pending():
+            self._set_mode("draining")  # a previous life left ops behind: they go first
+        self._task = asyncio.create_task(self._run(), name="feedback-committer")
+
+    async def stop(self) -> None:
+        """Finish what was accepted (written or spooled), then stop."""
+        if self._task is None:
+            return
+        await self.queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.spool.close()
+
+    async def submit(self, op: Op) -> Outcome:
+        op.setdefault("at", time.time())
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((op, future))
+        return await asyncio.shield(future)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _set_mode(self, mode: Mode) -> None:
+        if mode != self.mode:
+            log.warning("write mode %s -> %s", self.mode, mode, extra={"error": self.last_error})
+            self.mode = mode
+        self.on_mode(mode)
+
+    def _take_nowait(
+        self, first: tuple[Op, asyncio.Future[Outcome]] | None = None
+    ) -> list[tuple[Op, asyncio.Future[Outcome]]]:
+        items = [first] if first is not None else []
+        while len(items) < self.max_batch:
+            try:
+                items.append(self.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return items
+
+    def _done(self, items: Sequence[tuple[Op, asyncio.Future[Outcome]]]) -> None:
+        for _ in items:
+            self.queue.task_done()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.mode == "direct":
+                    first = await self.queue.get()
+                    items = self._take_nowait(first)
+                    await self._write(items)
+                else:
+                    await self._recover()
+                    if self.mode != "direct":  # type: ignore[comparison-overlap]
+                        try:
+                            first = await asyncio.wait_for(
+                                self.queue.get(), timeout=self._idle_wait()
+                            )
+                        except TimeoutError:
+                            continue
+                        await self._to_spool(self._take_nowait(first))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must survive anything; the clients hear a 500
+                log.exception("committer loop error")
+                await asyncio.sleep(0.1)
+
+    def _idle_wait(self) -> float:
+        if self.mode == "draining":
+            return 0.0 if self.queue.empty() else 0.001
+        return max(0.01, self._next_probe - time.monotonic())
+
+    async def _write(self, items: list[tuple[Op, asyncio.Future[Outcome]]]) -> None:
+        ops = [op for op, _ in items]
+        try:
+            outcomes, written = await asyncio.to_thread(self._transaction, ops)
+        except Exception as exc:
+            if is_outage(exc):
+                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                self._next_probe = time.monotonic() + self.probe_interval_s
+                self._set_mode("spooling")
+                await self._to_spool(items)
+                return
+            # One op the database refuses must not fail its batch-mates: write them one by one.
+            log.warning("batch refused (%s); writing its ops one by one", type(exc).__name__)
+            for item in items:
+                await self._write_one(item)
+            return
+        self.on_written(written)
+        for (_, future), outcome in zip(items, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+        self._done(items)
+
+    async def _write_one(self, item: tuple[Op, asyncio.Future[Outcome]]) -> None:
+        op, future = item
+        try:
+            outcomes, written = await asyncio.to_thread(self._transaction, [op])
+        except Exception as exc:
+            if is_outage(exc):
+                self._set_mode("spooling")
+                await self._to_spool([item])
+                return
+            log.exception("write refused by the database")
+            status = 400 if isinstance(exc, sa_exc.DataError) else 500
+            outcome = Outcome(
+                status,
+                {},
+                "The database refused this write "
+                f"({type(getattr(exc, 'orig', exc)).__name__}); check the values sent."
+                if status == 400
+                else "The write failed; it was not recorded. Retry it with the same key.",
+                "invalid_value" if status == 400 else "write_failed",
+            )
+            outcomes, written = [outcome], Written()
+        self.on_written(written)
+        if not future.done():
+            future.set_result(outcomes[0])
+        self.queue.task_done()
+
+    def _transaction(self, ops: Sequence[Op]) -> tuple[list[Outcome], Written]:
+        with self.engine.begin() as conn:
+            return apply(conn, ops)
+
+    async def _to_spool(self, items: list[tuple[Op, asyncio.Future[Outcome]]]) -> None:
+        ops = [op for op, _ in items]
+        try:
+            await asyncio.to_thread(self.spool.append, ops)
+        except OSError as exc:
+            log.error("spool write failed: %s", exc)
+            for _, future in items:
+                if not future.done():
+                    future.set_result(
+                        Outcome(
+                            503,
+                            {},
+                            "The database is unreachable and the local spool cannot be written "
+                            f"({exc.strerror}); nothing was recorded. Retry later.",
+                            "unavailable",
+                        )
+                    )
+            self._done(items)
+            return
+        self.on_spool(self.spool, len(items))
+        for op, future in items:
+            if not future.done():
+                future.set_result(Outcome(202, accepted_body(op)))
+        self._done(items)
+
+    # -- recovery ----------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        if self.mode == "spooling":
+            if time.monotonic() < self._next_probe:
+                return
+            self._next_probe = time.monotonic() + self.probe_interval_s
+            try:
+                await asyncio.to_thread(self._probe)
+                if self.prepare is not None:
+                    await asyncio.to_thread(self.prepare)
+                    self.prepare = None
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                return
+            self._set_mode("draining")
+        if self.mode == "draining":
+            await self._drain_some()
+
+    def _probe(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    async def _drain_some(self) -> None:
+        """Write one segment's ops (in chunks) to the database; direct mode when none is left."""
+        segment = await asyncio.to_thread(self.spool.claim)
+        if segment is None:
+            self.last_error = None
+            self._set_mode("direct")
+            self.on_spool(self.spool, 0)
+            return
+        try:
+            ops = await asyncio.to_thread(lambda: list(Spool.read(segment)))
+            for start in range(0, len(ops), self.drain_chunk):
+                chunk = ops[start : start + self.drain_chunk]
+                outcomes, written = await asyncio.to_thread(self._transaction, chunk)
+                self.on_written(written)
+                for op, outcome in zip(chunk, outcomes, strict=True):
+                    if outcome.status >= 400:
+                        reason = f"{outcome.status} {outcome.code}: {outcome.message}"
+                        log.error("spooled op refused at drain: %s", reason)
+                        await asyncio.to_thread(self.spool.dead_letter, op, reason)
+                        self.on_rejected(outcome.code or "error")
+                # Let new writes in between chunks (they are spooled behind this segment).
+                if not self.queue.empty():
+                    await self._to_spool(self._take_nowait())
+            await asyncio.to_thread(self.spool.finish, segment, len(ops))
+            self.on_spool(self.spool, 0)
+        except Exception as exc:
+            segment.release()
+            if is_outage(exc):
+                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                self._next_probe = time.monotonic() + self.probe_interval_s
+                self._set_mode("spooling")
+                return
+            raise
+
+
+def accepted_body(op: Op) -> dict[str, Any]:
+    """What a 202 says: the keys the write will have, and that it waits in the spool."""
+    rows = op["rows"]
+    if op["op"] == "interaction":
+        body: dict[str, Any] = {
+            "object": "interaction",
+            "id": rows[0]["id"],
+            "trace_id": rows[0]["trace_id"],
+        }
+    elif op["op"] == "feedback":
+        items = [
+            {
+                "object": "feedback",
+                "id": r["id"],
+                "interaction_id": r["interaction_id"],
+                "kind": r["kind"],
+            }
+            for r in rows
+        ]
+        body = {"object": "list", "data": items} if op.get("batch") else items[0]
+    else:
+        body = {"object": "preference", "id": rows[0]["id"], "source": rows[0]["source"]}
+    body["status"] = "spooled"
+    return body

@@ -1,0 +1,73 @@
+"""Feedback service settings (env prefix ``FEEDBACK_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings, SettingsError
+from services.feedback.schemas import ENV_PATTERN
+
+
+class FeedbackSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FEEDBACK_")
+
+    service_name: str = "feedback"
+
+    database_url: SecretStr = Field(
+        SecretStr("sqlite:///.llmops/feedback.db"),
+        description="SQLAlchemy URL: SQLite by default, PostgreSQL in production "
+        "(postgresql+psycopg://user:pass@host/db).",
+    )
+    auto_migrate: bool = Field(True, description="Run Alembic migrations at start.")
+    db_connect_timeout_s: float = Field(
+        3.0, gt=0, description="How long a connection attempt may take before writes spool."
+    )
+    db_pool_size: int = Field(8, ge=1)
+    spool_dir: Path = Field(
+        Path(".llmops/feedback-spool"),
+        description="Where writes wait while the database is unreachable; a persistent volume "
+        "in Kubernetes, so a restarted pod drains what its previous life accepted.",
+    )
+    probe_interval_s: float = Field(1.0, gt=0, description="Database probe while spooling.")
+    max_batch: int = Field(512, ge=1, description="Most ops written in one transaction.")
+    default_environment: str = Field(
+        "production", description="An interaction's environment when it names none."
+    )
+
+    langfuse_host: str | None = Field(
+        None, validation_alias=AliasChoices("FEEDBACK_LANGFUSE_HOST", "LANGFUSE_HOST")
+    )
+    langfuse_public_key: str | None = Field(
+        None, validation_alias=AliasChoices("FEEDBACK_LANGFUSE_PUBLIC_KEY", "LANGFUSE_PUBLIC_KEY")
+    )
+    langfuse_secret_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("FEEDBACK_LANGFUSE_SECRET_KEY", "LANGFUSE_SECRET_KEY")
+    )
+    langfuse_flush_s: float = Field(1.0, gt=0, description="How often pending scores are sent.")
+
+    @model_validator(mode="after")
+    def _langfuse_complete(self) -> FeedbackSettings:
+        given = [self.langfuse_host, self.langfuse_public_key, self.langfuse_secret_key]
+        if any(v is not None for v in given) and not all(v is not None for v in given):
+            raise SettingsError(
+                "Langfuse needs all three of FEEDBACK_LANGFUSE_HOST, FEEDBACK_LANGFUSE_PUBLIC_KEY "
+                "and FEEDBACK_LANGFUSE_SECRET_KEY (or LANGFUSE_HOST, ...); unset all three to "
+                "turn forwarding off"
+            )
+        if not ENV_PATTERN.match(self.default_environment):
+            raise SettingsError(
+                "FEEDBACK_DEFAULT_ENVIRONMENT must be 1-40 lowercase letters, digits, '-' or '_'"
+            )
+        return self
+
+    @property
+    def langfuse_enabled(self) -> bool:
+        return self.langfuse_secret_key is not None
+
+    def worker_limit(self) -> tuple[int, str] | None:
+        if self.database_url.get_secret_value().startswith("sqlite"):
+            return 1, "SQLite takes one writer; use PostgreSQL for several workers"
+        return None

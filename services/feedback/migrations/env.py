@@ -1,0 +1,17 @@
+"""Alembic environment: always run from :func:`services.feedback.db.migrate` with a connection."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from services.feedback.models import Base
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    render_as_batch=True,
+    version_table=context.config.attributes["version_table"],
+)
+with context.begin_transaction():
+    context.run_migrations()
