@@ -410,6 +410,72 @@ def _has_signal() -> ColumnElement[bool]:
     )
 
 
+def _chunks(
+    engine: Engine, q: Select[Any], created: Any, ident: Any, size: int
+) -> Iterator[list[Any]]:
+    """The rows of ``q`` oldest first, ``size`` at a time, by keyset (each chunk a new query,
+    so a long export holds no transaction open)."""
+    after: tuple[datetime, str] | None = None
+    while True:
+        page = q
+        if after is not None:
+            ts, key = after
+            page = page.where(or_(created > ts, and_(created == ts, ident > key)))
+        with engine.connect() as conn:
+            rows = list(conn.execute(page.order_by(created, ident).limit(size)))
+        if not rows:
+            return
+        yield rows
+        after = (rows[-1].created_at, rows[-1].id)
+
+
+def _signals(engine: Engine, ids: list[str]) -> dict[str, list[Any]]:
+    """Thumbs, ratings and corrections of these interactions, oldest first."""
+    q = (
+        select(
+            Feedback.interaction_id,
+            Feedback.kind,
+            Feedback.positive,
+            Feedback.value_text,
+            Feedback.user_id,
+            Feedback.id,
+        )
+        .where(
+            Feedback.interaction_id.in_(ids),
+            or_(Feedback.positive.is_not(None), Feedback.kind == "correction"),
+        )
+        .order_by(Feedback.created_at, Feedback.id)
+    )
+    out: dict[str, list[Any]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(q):
+            out.setdefault(row.interaction_id, []).append(row)
+    return out
+
+
+def _lines(fmt: str, inter: Any, feedback: list[Any]) -> Iterator[bytes]:
+    prompt = prompt_of(inter)
+    latest: dict[tuple[str, str], Any] = {}  # per (user, kind): later rows overwrite earlier
+    for row in feedback:
+        latest[(row.user_id or row.id, row.kind)] = row
+    signals = [r for r in latest.values() if r.kind != "correction"]
+    corrections = [r for r in latest.values() if r.kind == "correction"]
+    if fmt == "sft":
+        if corrections:
+            yield orjson.dumps({"messages": prompt + _assistant(corrections[-1].value_text)})
+        elif signals and all(r.positive for r in signals):
+            yield orjson.dumps({"messages": prompt + _assistant(inter.answer)})
+        return
+    for r in signals:
+        yield orjson.dumps(
+            {"prompt": prompt, "completion": _assistant(inter.answer), "label": bool(r.positive)}
+        )
+    for r in corrections:
+        yield orjson.dumps(
+            {"prompt": prompt, "completion": _assistant(r.value_text), "label": True}
+        )
+
+
 def export_rows(engine: Engine, fmt: str, f: Filters, chunk: int = 500) -> Iterator[list[bytes]]:
     """JSONL lines in TRL's conversational formats, a chunk at a time (oldest first).
 
@@ -420,94 +486,6 @@ def export_rows(engine: Engine, fmt: str, f: Filters, chunk: int = 500) -> Itera
     * dpo: ``{"prompt", "chosen", "rejected"}``: preference pairs and corrections.
     """
     if fmt == "dpo":
-        yield from _export_dpo(engine, f, chunk)
-        return
-    cursor: tuple[datetime, str] | None = None
-    while True:
-        q = select(
-            Interaction.id,
-            Interaction.created_at,
-            Interaction.messages,
-            Interaction.question,
-            Interaction.answer,
-        )
-        q = q.where(*f.on_interactions(), _has_signal())
-        if cursor is not None:
-            ts, key = cursor
-            q = q.where(
-                or_(
-                    Interaction.created_at > ts,
-                    and_(Interaction.created_at == ts, Interaction.id > key),
-                )
-            )
-        q = q.order_by(Interaction.created_at, Interaction.id).limit(chunk)
-        with engine.connect() as conn:
-            inters = list(conn.execute(q))
-            if not inters:
-                return
-            fb = conn.execute(
-                select(
-                    Feedback.interaction_id,
-                    Feedback.kind,
-                    Feedback.positive,
-                    Feedback.value_text,
-                    Feedback.user_id,
-                    Feedback.id,
-                )
-                .where(
-                    Feedback.interaction_id.in_([i.id for i in inters]),
-                    or_(Feedback.positive.is_not(None), Feedback.kind == "correction"),
-                )
-                .order_by(Feedback.created_at, Feedback.id)
-            )
-            by_inter: dict[str, list[Any]] = {}
-            for row in fb:
-                by_inter.setdefault(row.interaction_id, []).append(row)
-        lines: list[bytes] = []
-        for inter in inters:
-            prompt = prompt_of(inter)
-            # Latest per (user, kind): later rows overwrite earlier ones.
-            latest: dict[tuple[str, str], Any] = {}
-            for row in by_inter.get(inter.id, []):
-                latest[(row.user_id or row.id, row.kind)] = row
-            signals = [r for r in latest.values() if r.kind != "correction"]
-            corrections = [r for r in latest.values() if r.kind == "correction"]
-            if fmt == "sft":
-                if corrections:
-                    text = corrections[-1].value_text
-                elif signals and all(r.positive for r in signals):
-                    text = inter.answer
-                else:
-                    continue
-                lines.append(orjson.dumps({"messages": prompt + _assistant(text)}))
-            else:
-                for r in signals:
-                    lines.append(
-                        orjson.dumps(
-                            {
-                                "prompt": prompt,
-                                "completion": _assistant(inter.answer),
-                                "label": bool(r.positive),
-                            }
-                        )
-                    )
-                for r in corrections:
-                    lines.append(
-                        orjson.dumps(
-                            {
-                                "prompt": prompt,
-                                "completion": _assistant(r.value_text),
-                                "label": True,
-                            }
-                        )
-                    )
-        yield lines
-        cursor = (inters[-1].created_at, inters[-1].id)
-
-
-def _export_dpo(engine: Engine, f: Filters, chunk: int) -> Iterator[list[bytes]]:
-    cursor: tuple[datetime, str] | None = None
-    while True:
         q = select(
             Preference.id,
             Preference.created_at,
@@ -515,28 +493,27 @@ def _export_dpo(engine: Engine, f: Filters, chunk: int) -> Iterator[list[bytes]]
             Preference.chosen,
             Preference.rejected,
         ).join(Interaction, Interaction.id == Preference.interaction_id)
-        q = q.where(*f.on_interactions())
-        if cursor is not None:
-            ts, key = cursor
-            q = q.where(
-                or_(
-                    Preference.created_at > ts,
-                    and_(Preference.created_at == ts, Preference.id > key),
+        for rows in _chunks(
+            engine, q.where(*f.on_interactions()), Preference.created_at, Preference.id, chunk
+        ):
+            yield [
+                orjson.dumps(
+                    {
+                        "prompt": r.prompt,
+                        "chosen": _assistant(r.chosen),
+                        "rejected": _assistant(r.rejected),
+                    }
                 )
-            )
-        q = q.order_by(Preference.created_at, Preference.id).limit(chunk)
-        with engine.connect() as conn:
-            rows = list(conn.execute(q))
-        if not rows:
-            return
-        yield [
-            orjson.dumps(
-                {
-                    "prompt": r.prompt,
-                    "chosen": _assistant(r.chosen),
-                    "rejected": _assistant(r.rejected),
-                }
-            )
-            for r in rows
-        ]
-        cursor = (rows[-1].created_at, rows[-1].id)
+                for r in rows
+            ]
+        return
+    q = select(
+        Interaction.id,
+        Interaction.created_at,
+        Interaction.messages,
+        Interaction.question,
+        Interaction.answer,
+    ).where(*f.on_interactions(), _has_signal())
+    for inters in _chunks(engine, q, Interaction.created_at, Interaction.id, chunk):
+        feedback = _signals(engine, [i.id for i in inters])
+        yield [line for i in inters for line in _lines(fmt, i, feedback.get(i.id, []))]

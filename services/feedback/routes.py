@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.responses import Response, StreamingResponse
@@ -178,18 +178,15 @@ async def _read(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
-def _filters(
-    since: datetime | None,
-    until: datetime | None,
-    prompt_name: str | None,
-    prompt_version: str | None,
-    model: str | None,
-    environment: str | None,
-    session_id: str | None = None,
-    user_id: str | None = None,
-    rating: int | None = None,
-    label: str | None = None,
+def scope(
+    since: Annotated[datetime | None, Query(description="From (ISO 8601), inclusive.")] = None,
+    until: Annotated[datetime | None, Query(description="Up to, exclusive.")] = None,
+    prompt_name: str | None = None,
+    prompt_version: str | None = None,
+    model: Annotated[str | None, Query(description="The model alias.")] = None,
+    environment: str | None = None,
 ) -> Filters:
+    """The filters every read takes (a FastAPI dependency); routes add their own."""
     return Filters(
         since=since,
         until=until,
@@ -197,13 +194,12 @@ def _filters(
         prompt_version=prompt_version,
         model=model,
         environment=environment,
-        session_id=session_id,
-        user_id=user_id,
-        rating=rating,
-        label=label,
     )
 
 
+Scope = Annotated[Filters, Depends(scope)]
+Rating = Annotated[int | None, Query(ge=1, le=5, description="Has a rating of this value.")]
+Label = Annotated[str | None, Query(description="Has this label.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
 Cursor = Annotated[str | None, Query(description="The previous page's next_cursor.")]
 
@@ -215,31 +211,15 @@ def _dump(data: Any) -> Response:
 @router.get("/interactions", summary="List interactions, newest first.")
 async def get_interactions(
     request: Request,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    prompt_name: str | None = None,
-    prompt_version: str | None = None,
-    model: str | None = None,
-    environment: str | None = None,
+    f: Scope,
     session_id: str | None = None,
     user_id: str | None = None,
-    rating: Annotated[int | None, Query(ge=1, le=5)] = None,
-    label: str | None = None,
+    rating: Rating = None,
+    label: Label = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
-    f = _filters(
-        since,
-        until,
-        prompt_name,
-        prompt_version,
-        model,
-        environment,
-        session_id,
-        user_id,
-        rating,
-        label,
-    )
+    f.session_id, f.user_id, f.rating, f.label = session_id, user_id, rating, label
     return _dump(await _read(list_interactions, _state(request).engine, f, limit, cursor))
 
 
@@ -254,15 +234,10 @@ async def get_one_interaction(request: Request, interaction_id: str) -> Response
 @router.get("/feedback", summary="List feedback, newest first.")
 async def get_feedback(
     request: Request,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    prompt_name: str | None = None,
-    prompt_version: str | None = None,
-    model: str | None = None,
-    environment: str | None = None,
+    f: Scope,
     user_id: str | None = None,
-    rating: Annotated[int | None, Query(ge=1, le=5)] = None,
-    label: str | None = None,
+    rating: Rating = None,
+    label: Label = None,
     kind: str | None = None,
     interaction_id: str | None = None,
     limit: Limit = 50,
@@ -275,41 +250,25 @@ async def get_feedback(
             param="kind",
             code="unknown_kind",
         )
-    f = _filters(
-        since, until, prompt_name, prompt_version, model, environment, None, user_id, rating, label
-    )
+    f.user_id, f.rating, f.label = user_id, rating, label
     f.kind, f.interaction_id = kind, interaction_id
     return _dump(await _read(list_feedback, _state(request).engine, f, limit, cursor))
 
 
 @router.get("/preferences", summary="List preference pairs, newest first.")
 async def get_preferences(
-    request: Request,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    prompt_name: str | None = None,
-    prompt_version: str | None = None,
-    model: str | None = None,
-    environment: str | None = None,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+    request: Request, f: Scope, limit: Limit = 50, cursor: Cursor = None
 ) -> Response:
-    f = _filters(since, until, prompt_name, prompt_version, model, environment)
     return _dump(await _read(list_preferences, _state(request).engine, f, limit, cursor))
 
 
 @router.get("/feedback/stats", summary="Counts and positive rate (95% Wilson CI) per group.")
 async def get_stats(
     request: Request,
+    f: Scope,
     group_by: Annotated[
         str, Query(description="Comma-separated: prompt_name, prompt_version, model, day.")
     ] = "prompt_name,prompt_version,model,day",
-    since: datetime | None = None,
-    until: datetime | None = None,
-    prompt_name: str | None = None,
-    prompt_version: str | None = None,
-    model: str | None = None,
-    environment: str | None = None,
 ) -> Response:
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     bad = [g for g in groups if g not in GROUPS]
@@ -320,7 +279,6 @@ async def get_stats(
             param="group_by",
             code="invalid_value",
         )
-    f = _filters(since, until, prompt_name, prompt_version, model, environment)
     return _dump(await _read(stats, _state(request).engine, f, groups))
 
 
@@ -330,16 +288,7 @@ async def get_stats(
     response_class=StreamingResponse,
 )
 async def export(
-    request: Request,
-    fmt: str,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    prompt_name: str | None = None,
-    prompt_version: str | None = None,
-    model: str | None = None,
-    environment: str | None = None,
-    rating: Annotated[int | None, Query(ge=1, le=5)] = None,
-    label: str | None = None,
+    request: Request, fmt: str, f: Scope, rating: Rating = None, label: Label = None
 ) -> Response:
     if fmt not in FORMATS:
         raise APIError(
@@ -349,9 +298,7 @@ async def export(
             code="unknown_format",
         )
     engine = _state(request).engine
-    f = _filters(
-        since, until, prompt_name, prompt_version, model, environment, None, None, rating, label
-    )
+    f.rating, f.label = rating, label
     total = await _read(export_count, engine, fmt, f)  # also: a 503 now, not mid-stream
 
     async def stream() -> AsyncIterator[bytes]:
