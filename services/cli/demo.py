@@ -49,7 +49,9 @@ QUESTIONS = [
 
 def _free_base_port() -> int:
     """A base port whose service ports (base+1...) are all free on loopback."""
-    offsets = [spec.port - 8000 for spec in SERVICES.values()]
+    from services.cli.main import MLFLOW_OFFSET
+
+    offsets = [spec.port - 8000 for spec in SERVICES.values()] + [MLFLOW_OFFSET]
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from services.cli.prompts import prompts_app
 from services.common.auth import hash_key
 from services.common.server import SERVICES, serve
 
@@ -88,6 +89,18 @@ def up_environment(key: str, data_dir: Path, host: str, base_port: int) -> dict[
     env.setdefault("LLM_PROXY_DATABASE_URL", f"sqlite:///{data_dir / 'llm-proxy.db'}")
     env["LLMOPS_LOCAL_UPSTREAM_KEY"] = key
     env.setdefault("FEEDBACK_DATABASE_URL", f"sqlite:///{data_dir / 'feedback.db'}")
+    # The rag service calls the others with the dev key (the proxy's master key too).
+    for name, url_var in (
+        ("retrieval", "RETRIEVAL"),
+        ("llm-proxy", "PROXY"),
+        ("feedback", "FEEDBACK"),
+    ):
+        env.setdefault(
+            f"RAG_{url_var}_URL", f"http://{host}:{base_port + SERVICES[name].port - 8000}"
+        )
+        env.setdefault(f"RAG_{url_var}_API_KEY", key)
+    env.setdefault("RAG_OUTBOX_DIR", str(data_dir / "rag-outbox"))
+    env.setdefault("RAG_MLFLOW_TRACKING_URI", f"http://{host}:{base_port + MLFLOW_OFFSET}")
     env.setdefault("FEEDBACK_SPOOL_DIR", str(data_dir / "feedback-spool"))
     if "LLM_PROXY_CONFIG_PATH" not in env:
         path = data_dir / "llm-proxy.yaml"
@@ -95,6 +108,23 @@ def up_environment(key: str, data_dir: Path, host: str, base_port: int) -> dict[
         env["LLM_PROXY_CONFIG_PATH"] = str(path)
     env.pop("LLMOPS_API_KEY", None)
     return env
+
+
+MLFLOW_OFFSET = 10  # `llmops up` runs `mlflow server` on base port + 10 (8010)
+
+
+def mlflow_command(data_dir: Path, host: str, port: int) -> str:
+    """A real ``mlflow server``: SQLite store and artifacts under the data directory, one
+    worker, no job runner (in production: a PostgreSQL store, see deploy/)."""
+    import shlex
+
+    store = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    artifacts = (data_dir / "mlflow-artifacts").resolve()
+    return " ".join(shlex.quote(part) for part in (
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+        "--default-artifact-root", str(artifacts), "--host", host, "--port", str(port),
+        "--workers", "1",
+    ))  # fmt: skip
 
 
 def write_local_routing(path: Path, host: str, base_port: int) -> None:
@@ -140,24 +170,34 @@ def write_local_routing(path: Path, host: str, base_port: int) -> None:
 @app.command("up")
 def up_cmd(
     base_port: Annotated[
-        int, typer.Option(help="Ports are base+offset: embeddings 8001, ...")
+        int, typer.Option(help="Ports are base+offset: embeddings 8001, ..., rag 8006, mlflow 8010")
     ] = 8000,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     only: Annotated[list[str] | None, typer.Option(help="Run only these services.")] = None,
 ) -> None:
-    """Run every service on embedded defaults under honcho; Ctrl-C stops them all."""
+    """Run every service and an MLflow server on embedded defaults; Ctrl-C stops them all."""
     from honcho.manager import Manager
     from honcho.printer import Printer
 
-    names = only or list(SERVICES)
-    unknown = [n for n in names if n not in SERVICES]
+    names = only or [*SERVICES, "mlflow"]
+    unknown = [n for n in names if n not in SERVICES and n != "mlflow"]
     if unknown:
-        console.print(f"[red]unknown service(s) {unknown}[/]; choose from: {_service_names()}")
+        console.print(
+            f"[red]unknown service(s) {unknown}[/]; choose from: {_service_names()}, mlflow"
+        )
         raise typer.Exit(2)
     key = dev_api_key(data_dir())
     env = up_environment(key, data_dir(), host, base_port)
     manager = Manager(Printer(sys.stdout))
     for name in names:
+        if name == "mlflow":
+            port = base_port + MLFLOW_OFFSET
+            cmd = mlflow_command(data_dir(), host, port)
+            manager.add_process(
+                name, cmd, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            )
+            console.print(f"[green]mlflow[/] on http://{host}:{port} (prompt and model registry)")
+            continue
         spec = SERVICES[name]
         port = base_port + (spec.port - 8000)
         cmd = f"{sys.executable} -m services.cli.main serve {name} --host {host} --port {port}"
@@ -337,6 +377,8 @@ def db_current(service: DbService = "all", database_url: DbURL = None) -> None:
 
     raise typer.Exit(current(_db_targets(service), database_url))
 
+
+app.add_typer(prompts_app, name="prompts")
 
 feedback_app = typer.Typer(help="The feedback service's data.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")

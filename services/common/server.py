@@ -59,6 +59,12 @@ SERVICES: dict[str, ServiceSpec] = {
         "services.feedback.config:FeedbackSettings",
         8005,
     ),
+    "rag": ServiceSpec(
+        "rag",
+        "services.rag.app:create_app",
+        "services.rag.config:RagSettings",
+        8006,
+    ),
 }
 
 

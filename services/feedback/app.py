@@ -17,12 +17,12 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.common.app import build_app
 from services.common.db import make_engine
 from services.common.metrics import Metrics
+from services.common.spool import Spool
 from services.feedback import routes
 from services.feedback.committer import Committer, Mode, is_outage
 from services.feedback.config import FeedbackSettings
 from services.feedback.db import migrate
 from services.feedback.langfuse import LangfuseForwarder
-from services.feedback.spool import Spool
 from services.feedback.state import FeedbackState
 from services.feedback.store import Written
 

@@ -28,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from services.feedback.spool import Spool
+from services.common.spool import Spool
 from services.feedback.store import Op, Outcome, Written, apply
 
 log = logging.getLogger("llmops.feedback.committer")

@@ -52,10 +52,10 @@ def test_serve_with_bad_config_exits_2_with_one_clear_line() -> None:
 
 
 def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    # embeddings on base + 1, retrieval + 2, llm-proxy + 3, local-llm + 4, feedback + 5
+    # embeddings on base + 1, ... feedback + 5, rag + 6, mlflow + 10
     while True:
         base = free_port() - 1
-        if 2000 < base < 65000 and all(_free(base + i) for i in range(1, 6)):
+        if 2000 < base < 65000 and all(_free(base + i) for i in (1, 2, 3, 4, 5, 6, 10)):
             break
     env = clean_env(LLMOPS_DATA_DIR=str(tmp_path))
     log = (tmp_path / "up.log").open("wb")

@@ -10,7 +10,8 @@ It serves ``POST /v1/chat/completions`` (also streaming), ``POST /v1/embeddings`
 control endpoints (no auth) for tests:
 
 * ``POST /_script`` ``{"faults": [F, ...]}`` queues faults (FIFO, one per /v1 request) and/or
-  ``{"always": F | null}`` sets a fault applied to every /v1 request.
+  ``{"always": F | null}`` sets a fault applied to every /v1 request, and/or ``{"content": S}``
+  sets the reply (streamed word by word; null: back to the default).
 * ``GET /_stats``, ``GET /_requests`` (the last 100 /v1 requests), ``POST /_reset``.
 
 A fault ``F`` is an object with any of: ``delay_ms`` (sleep first), ``status`` (+ ``retry_after``)
@@ -45,7 +46,9 @@ class FakeUpstream:
         self.name = name
         self.chunk_delay = chunk_delay_ms / 1000.0
         self.latency = latency_ms / 1000.0
-        self.content = f"Hello from {name}."
+        self.default_content = f"Hello from {name}."
+        self.content = self.default_content
+        self.scripted_content = False  # a scripted reply streams word by word, not "tok{i}"
         self.faults: collections.deque[dict[str, Any]] = collections.deque()
         self.always: dict[str, Any] | None = None
         self.recorded: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
@@ -215,13 +218,18 @@ class FakeUpstream:
                 return resp
             cut = fault.get("cut_after_chunks") if fault else None
             await resp.write(event({"role": "assistant", "content": ""}))
-            for i in range(min(usage["completion_tokens"], 8)):
+            if self.scripted_content:
+                words = self.content.split(" ")
+                pieces = [w + (" " if n < len(words) - 1 else "") for n, w in enumerate(words)]
+            else:
+                pieces = [f"tok{i} " for i in range(min(usage["completion_tokens"], 8))]
+            for i, piece in enumerate(pieces):
                 if cut is not None and i >= int(cut):
                     _close(request)
                     return resp
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
-                await resp.write(event({"content": f"tok{i} "}))
+                await resp.write(event({"content": piece}))
             if cut is not None:
                 _close(request)
                 return resp
@@ -306,6 +314,9 @@ class FakeUpstream:
             self.faults.append(fault if isinstance(fault, dict) else {})
         if "always" in body:
             self.always = body["always"] or None
+        if "content" in body:
+            self.content = str(body["content"] or self.default_content)
+            self.scripted_content = bool(body["content"])
         return self._json({"queued": len(self.faults), "always": self.always})
 
     async def get_stats(self, request: web.Request) -> web.Response:
@@ -317,6 +328,7 @@ class FakeUpstream:
     async def reset(self, request: web.Request) -> web.Response:
         self.faults.clear()
         self.always = None
+        self.content, self.scripted_content = self.default_content, False
         self.recorded.clear()
         self.reset_stats()
         return self._json({"reset": True})

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from services.common.spool import Spool
 from services.feedback.config import FeedbackSettings
 from services.feedback.queries import wilson
 from services.feedback.schemas import trace_id_for
-from services.feedback.spool import Spool
 
 
 def test_wilson_interval_matches_published_values() -> None:

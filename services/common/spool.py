@@ -1,4 +1,5 @@
-"""A local, append-only, fsync'd spool for writes accepted while the database is unreachable.
+"""A local, append-only, fsync'd spool: writes the feedback service accepted while its database
+was unreachable, interactions the rag service has yet to hand to the feedback service.
 
 Segments are files ``<time_ns>-<pid>.spool`` of JSON lines, one op per line. A batch of ops is
 written with one ``write`` and one ``fsync`` (of the file, and of the folder when the file is
@@ -24,7 +25,7 @@ from typing import IO, Any
 
 import orjson
 
-log = logging.getLogger("llmops.feedback.spool")
+log = logging.getLogger("llmops.spool")
 
 SUFFIX = ".spool"
 

@@ -1,0 +1,68 @@
+"""RAG service settings (env prefix ``RAG_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+BUNDLED_PROMPT = Path(__file__).resolve().parent / "prompts" / "rag-answer.txt"
+
+
+class RagSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_")
+
+    service_name: str = "rag"
+
+    retrieval_url: str = "http://127.0.0.1:8002"
+    retrieval_api_key: SecretStr | None = None
+    retrieval_timeout_s: float = Field(10.0, gt=0)
+    proxy_url: str = Field("http://127.0.0.1:8003", description="The LLM proxy (its base URL).")
+    proxy_api_key: SecretStr | None = Field(None, description="A virtual key of the proxy.")
+    llm_timeout_s: float = Field(120.0, gt=0)
+    feedback_url: str | None = Field(
+        "http://127.0.0.1:8005", description="Where interactions are recorded; unset: nowhere."
+    )
+    feedback_api_key: SecretStr | None = None
+    feedback_timeout_s: float = Field(5.0, gt=0)
+
+    model: str = Field("smollm2", description="The LLM alias asked through the proxy.")
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    default_collection: str = "docs"
+    top_k: int = Field(4, ge=1, description="Chunks retrieved when a request names no top_k.")
+    max_top_k: int = Field(20, ge=1)
+    max_context_chars: int = Field(
+        6000, ge=200, description="Context text put into the prompt, at most (best chunks first)."
+    )
+    on_retrieval_failure: Literal["fail", "no_context"] = Field(
+        "fail",
+        description="Retrieval unreachable: answer 503 (fail), or answer without context, "
+        "flagged degraded (no_context).",
+    )
+
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow server with the prompt registry; unset: the bundled prompt."
+    )
+    prompt_name: str = "rag-answer"
+    prompt_alias: str | None = Field(
+        None, description="Alias to serve; default: ENV (staging/production; 'production' in dev)."
+    )
+    prompt_ttl_s: float = Field(30.0, gt=0, description="A prompt alias move is seen this fast.")
+    bundled_prompt: Path = Field(
+        BUNDLED_PROMPT, description="Served until the registry has been reached once."
+    )
+    outbox_dir: Path = Field(
+        Path(".llmops/rag-outbox"),
+        description="Interactions on their way to the feedback service (survives its outages).",
+    )
+    outbox_flush_s: float = Field(0.2, gt=0, description="Interactions are spooled this often.")
+
+    def effective_alias(self) -> str:
+        if self.prompt_alias:
+            return self.prompt_alias
+        return self.env if self.env in ("staging", "production") else "production"

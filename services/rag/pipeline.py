@@ -1,0 +1,346 @@
+"""One ask: retrieve, render the registry's prompt with the contexts, ask the proxy, cite.
+
+Each stage is a span (when traces are exported) and a latency observation; the outgoing calls
+carry the request's ``traceparent``, so retrieval, embeddings, the proxy and (later) feedback
+join one trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from opentelemetry import trace
+
+from services.common.errors import APIError
+from services.common.http import context_headers
+from services.feedback.schemas import trace_id_for
+from services.rag.citations import cite, number_contexts
+from services.rag.registry import PromptNotFound, PromptUnavailable, ResolvedPrompt
+from services.rag.state import RagState
+
+log = logging.getLogger("llmops.rag")
+
+
+@dataclass
+class Ask:
+    question: str
+    collection: str
+    filter: dict[str, Any] | None
+    top_k: int
+    session_id: str | None
+    user_id: str | None
+    prompt_version: str | None
+    stream: bool
+
+
+@dataclass
+class Prepared:
+    """Everything decided before the model is asked."""
+
+    ask: Ask
+    interaction_id: str
+    trace_id: str
+    started: float
+    prompt: ResolvedPrompt
+    messages: list[dict[str, str]]
+    used: list[dict[str, Any]]
+    degraded: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _trace_id(interaction_id: str) -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else trace_id_for(interaction_id)
+
+
+async def _retrieve(state: RagState, ask: Ask, degraded: list[str]) -> list[dict[str, Any]]:
+    body: dict[str, Any] = {"query": ask.question, "top_k": ask.top_k}
+    if ask.filter:
+        body["filter"] = ask.filter
+    try:
+        r = await state.retrieval.post(f"/v1/collections/{ask.collection}/search", json=body)
+    except httpx.HTTPError as exc:
+        return _retrieval_down(state, degraded, type(exc).__name__)
+    if r.status_code == 200:
+        results: list[dict[str, Any]] = r.json()["results"]
+        return results
+    if r.status_code in (400, 404):  # the caller's collection or filter: say so as it is
+        err = r.json().get("error", {})
+        raise APIError(
+            r.status_code,
+            str(err.get("message", r.text[:300])),
+            param="filter" if err.get("param") == "filter" else "collection",
+            code=err.get("code"),
+        )
+    return _retrieval_down(state, degraded, f"HTTP {r.status_code}")
+
+
+def _retrieval_down(state: RagState, degraded: list[str], why: str) -> list[dict[str, Any]]:
+    state.metrics.degraded.labels("retrieval_unavailable").inc()
+    if state.settings.on_retrieval_failure == "fail":
+        raise APIError(
+            503,
+            f"Retrieval is unavailable ({why}); retry shortly.",
+            code="retrieval_unavailable",
+            headers={"Retry-After": "2"},
+        )
+    degraded.append("retrieval_unavailable")
+    return []
+
+
+async def prepare(state: RagState, ask: Ask) -> Prepared:
+    started = time.perf_counter()
+    interaction_id = uuid.uuid4().hex
+    degraded: list[str] = []
+    tracer = state.tracer
+    timings: dict[str, float] = {}
+    with tracer.start_as_current_span("rag.retrieve") as span:
+        t = time.perf_counter()
+        chunks = await _retrieve(state, ask, degraded)
+        timings["retrieval"] = time.perf_counter() - t
+        span.set_attribute("rag.chunks", len(chunks))
+    with tracer.start_as_current_span("rag.prompt") as span:
+        t = time.perf_counter()
+        try:
+            prompt = await state.prompts.get(ask.prompt_version)
+        except PromptNotFound as exc:
+            raise APIError(404, str(exc), param="prompt_version", code="prompt_not_found") from None
+        except PromptUnavailable as exc:
+            raise APIError(
+                503, str(exc), code="prompt_registry_unavailable", headers={"Retry-After": "5"}
+            ) from None
+        timings["prompt"] = time.perf_counter() - t
+        span.set_attribute("rag.prompt.version", prompt.version or "bundled")
+        span.set_attribute("rag.prompt.source", prompt.source)
+    for reason in prompt.degraded:
+        degraded.append(reason)
+        state.metrics.degraded.labels(reason).inc()
+    context, used = number_contexts(chunks, state.settings.max_context_chars)
+    text = prompt.render(context=context or "(no context was retrieved)", question=ask.question)
+    return Prepared(
+        ask=ask,
+        interaction_id=interaction_id,
+        trace_id=_trace_id(interaction_id),
+        started=started,
+        prompt=prompt,
+        messages=[{"role": "user", "content": text}],
+        used=used,
+        degraded=degraded,
+        timings=timings,
+    )
+
+
+def _chat_body(state: RagState, p: Prepared, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": state.settings.model,
+        "messages": p.messages,
+        "max_tokens": state.settings.max_tokens,
+        "temperature": state.settings.temperature,
+        "user": p.ask.user_id or p.ask.session_id or "rag",
+    }
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return body
+
+
+def _llm_error(r: httpx.Response) -> APIError:
+    try:
+        message = str(r.json()["error"]["message"])
+    except Exception:
+        message = r.text[:300]
+    if r.status_code == 429:
+        return APIError(
+            429,
+            f"The model is rate limited: {message}",
+            code="rate_limited",
+            headers={"Retry-After": r.headers.get("retry-after", "1")},
+        )
+    if r.status_code in (401, 403):
+        return APIError(
+            502,
+            "The LLM proxy refused the rag service's key (RAG_PROXY_API_KEY).",
+            code="upstream_auth",
+        )
+    if r.status_code == 504:
+        return APIError(504, f"The model timed out: {message}", code="upstream_timeout")
+    return APIError(502, f"The model failed: {message}", code="upstream_error")
+
+
+async def answer(state: RagState, p: Prepared) -> dict[str, Any]:
+    with state.tracer.start_as_current_span("rag.generate") as span:
+        t = time.perf_counter()
+        try:
+            r = await state.proxy.post("/v1/chat/completions", json=_chat_body(state, p, False))
+        except httpx.TimeoutException:
+            raise APIError(
+                504, "The model did not answer in time.", code="upstream_timeout"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise APIError(
+                502,
+                f"The LLM proxy is unreachable ({type(exc).__name__}).",
+                code="upstream_unavailable",
+            ) from None
+        if r.status_code != 200:
+            raise _llm_error(r)
+        p.timings["llm"] = time.perf_counter() - t
+        data = r.json()
+        span.set_attribute("gen_ai.request.model", state.settings.model)
+    text = (data["choices"][0]["message"].get("content") or "").strip()
+    return finish(
+        state, p, text, data.get("usage"), r.headers.get("x-llmops-deployment"), data.get("model")
+    )
+
+
+async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
+    """SSE: ``rag.ask.chunk`` events with text deltas, then the whole ``rag.ask`` object, then
+    ``[DONE]``; a failure after the first byte is an ``error`` event, never a silent cut."""
+    t = time.perf_counter()
+    parts: list[str] = []
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    try:
+        async with state.proxy.stream(
+            "POST", "/v1/chat/completions", json=_chat_body(state, p, True)
+        ) as r:
+            if r.status_code != 200:
+                await r.aread()
+                raise _llm_error(r)
+            deployment = r.headers.get("x-llmops-deployment")
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                event = orjson.loads(payload)
+                if "error" in event:
+                    raise APIError(
+                        502,
+                        str(event["error"].get("message", "stream failed")),
+                        code="upstream_error",
+                    )
+                model = event.get("model") or model
+                usage = event.get("usage") or usage
+                for choice in event.get("choices") or []:
+                    delta = (choice.get("delta") or {}).get("content")
+                    if delta:
+                        parts.append(delta)
+                        yield _sse(
+                            {
+                                "object": "rag.ask.chunk",
+                                "interaction_id": p.interaction_id,
+                                "delta": delta,
+                            }
+                        )
+    except APIError as exc:
+        yield _sse({"error": {"message": exc.message, "type": exc.type, "code": exc.code}})
+        yield b"data: [DONE]\n\n"
+        return
+    except httpx.HTTPError as exc:
+        yield _sse(
+            {
+                "error": {
+                    "message": f"The LLM proxy failed mid-answer ({type(exc).__name__}).",
+                    "type": "upstream_error",
+                    "code": "upstream_error",
+                }
+            }
+        )
+        yield b"data: [DONE]\n\n"
+        return
+    p.timings["llm"] = time.perf_counter() - t
+    result = finish(state, p, "".join(parts).strip(), usage, deployment, model)
+    yield _sse(result)
+    yield b"data: [DONE]\n\n"
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def finish(
+    state: RagState,
+    p: Prepared,
+    text: str,
+    usage: dict[str, Any] | None,
+    deployment: str | None,
+    model: str | None,
+) -> dict[str, Any]:
+    """The response, the metrics, and the interaction queued for the feedback service."""
+    citations, invalid = cite(text, p.used)
+    total = time.perf_counter() - p.started
+    m = state.metrics
+    for stage, seconds in p.timings.items():
+        m.stage_seconds.labels(stage).observe(seconds)
+    m.stage_seconds.labels("total").observe(total)
+    m.citations.labels("valid").inc(len(citations))
+    if invalid:
+        m.citations.labels("invalid").inc(len(invalid))
+    prompt = {"name": p.prompt.name, "version": p.prompt.version, "source": p.prompt.source}
+    result: dict[str, Any] = {
+        "object": "rag.ask",
+        "interaction_id": p.interaction_id,
+        "trace_id": p.trace_id,
+        "answer": text,
+        "citations": citations,
+        "invalid_citations": invalid,
+        "contexts": [
+            {
+                "marker": f"[{n}]",
+                "chunk_id": c.get("id"),
+                "document_id": c.get("doc_id"),
+                "heading_path": list(c.get("headings", [])),
+                "score": c.get("score"),
+            }
+            for n, c in enumerate(p.used, start=1)
+        ],
+        "prompt": prompt,
+        "model": state.settings.model,
+        "deployment": deployment,
+        "usage": usage,
+        "degraded": p.degraded,
+        "latency_ms": round(total * 1000, 2),
+    }
+    settings = state.settings
+    state.outbox.put(
+        {
+            "id": p.interaction_id,
+            "trace_id": p.trace_id,
+            "session_id": p.ask.session_id,
+            "user_id": p.ask.user_id,
+            "model": settings.model,
+            "deployment": deployment,
+            "prompt_name": p.prompt.name,
+            "prompt_version": p.prompt.version or "bundled",
+            "messages": p.messages,
+            "question": p.ask.question,
+            "context_ids": [str(c.get("id")) for c in p.used],
+            "answer": text,
+            "latency_ms": result["latency_ms"],
+            "usage": {
+                k: v
+                for k, v in (usage or {}).items()
+                if k in ("prompt_tokens", "completion_tokens")
+            }
+            or None,
+            "environment": settings.env,
+            "metadata": {
+                "collection": p.ask.collection,
+                "top_k": p.ask.top_k,
+                "degraded": p.degraded,
+                "citations": [c["marker"] for c in citations],
+                "served_model": model,
+            },
+        },
+        context_headers(),
+    )
+    m.outbox_depth.set(state.outbox.depth)
+    return result

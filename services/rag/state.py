@@ -1,0 +1,68 @@
+"""What the rag app keeps on ``app.state.rag``, and its metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from opentelemetry.trace import Tracer
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.common.metrics import Metrics
+from services.rag.config import RagSettings
+from services.rag.outbox import InteractionOutbox
+from services.rag.registry import PromptRegistry
+
+
+@dataclass
+class RagMetrics:
+    asks: Counter
+    degraded: Counter
+    stage_seconds: Histogram
+    citations: Counter
+    outbox_depth: Gauge
+    outbox_sent: Counter
+    outbox_failures: Counter
+
+    @classmethod
+    def create(cls, m: Metrics) -> RagMetrics:
+        return cls(
+            asks=m.counter("rag_asks_total", "Asks answered, by outcome.", ["outcome", "stream"]),
+            degraded=m.counter(
+                "rag_degraded_total",
+                "Asks answered in a degraded mode, by reason (retrieval_unavailable, "
+                "prompt_registry_stale, prompt_registry_unavailable).",
+                ["reason"],
+            ),
+            stage_seconds=m.histogram(
+                "rag_stage_seconds",
+                "Time per stage of an ask: retrieval, prompt, llm, total.",
+                ["stage"],
+            ),
+            citations=m.counter(
+                "rag_citations_total", "Citation markers in answers: valid or invalid.", ["kind"]
+            ),
+            outbox_depth=m.gauge(
+                "rag_outbox_depth", "Interactions not yet handed to the feedback service."
+            ),
+            outbox_sent=m.counter(
+                "rag_outbox_sent_total", "Interactions recorded by the feedback service."
+            ),
+            outbox_failures=m.counter(
+                "rag_outbox_failures_total",
+                "Outbox problems: unavailable (feedback down, retried), refused (dead-lettered), "
+                "spool (local write failed).",
+                ["reason"],
+            ),
+        )
+
+
+@dataclass
+class RagState:
+    settings: RagSettings
+    retrieval: httpx.AsyncClient
+    proxy: httpx.AsyncClient
+    prompts: PromptRegistry
+    outbox: InteractionOutbox
+    metrics: RagMetrics
+    tracer: Tracer

@@ -1,0 +1,184 @@
+"""``llmops prompts`` as a real process against a real ``mlflow server``: push, list, show,
+diff, promote, rollback, and one clear line (never a traceback) for every error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from services.cli.prompts import CLIError, promote, rollback
+from tests.conftest import ROOT, free_port
+from tests.rag.conftest import mlflow_env, shared_mlflow_server
+
+PROMPTS = [
+    sys.executable,
+    "-c",
+    "from services.cli.prompts import prompts_app; prompts_app(prog_name='llmops prompts')",
+]
+V1 = "Answer {{ question }} from:\n{{ context }}\n"
+V2 = "Answer {{ question }} only from:\n{{ context }}\nCite passages like [1].\n"
+
+
+@pytest.fixture(scope="session")
+def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's ``mlflow server`` (the same process tests/rag uses)."""
+    with shared_mlflow_server(tmp_path_factory) as server:
+        yield server.url
+
+
+def argv(*args: str) -> list[str]:
+    return [*PROMPTS, *args]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv(*args), cwd=ROOT, env=env or mlflow_env(), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def run_all(*commands: list[str], env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
+    """Independent commands at once: each process spends seconds importing MLflow."""
+    pipe = subprocess.PIPE
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=pipe, stderr=pipe, text=True)
+        for cmd in commands
+    ]
+    done = []
+    for cmd, proc in zip(commands, procs, strict=True):
+        stdout, stderr = proc.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr))
+    return done
+
+
+def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def failed(r: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    """Exit ``code`` and one line on stderr that says ``text``."""
+    assert r.returncode == code, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert r.stderr.startswith("error: ") and text in r.stderr, r.stderr
+
+
+def unique() -> str:
+    return f"cli-{uuid.uuid4().hex[:10]}"
+
+
+def client(url: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=url, registry_uri=url)
+
+
+def test_push_promote_show_diff_list_rollback(registry_url: str, tmp_path: Path) -> None:
+    env = mlflow_env(MLFLOW_TRACKING_URI=registry_url)
+    name = unique()
+    (tmp_path / "v1.txt").write_text(V1)
+    (tmp_path / "v2.txt").write_text(V2)
+
+    r = ok(run("push", str(tmp_path / "v1.txt"), "--name", name, "-m", "first", env=env))
+    assert r.stdout == "1\n" and "registered" in r.stderr
+    r = ok(run("push", str(tmp_path / "v1.txt"), "--name", name, env=env))
+    assert r.stdout == "1\n" and "identical to version 1" in r.stderr
+    r = ok(run("push", str(tmp_path / "v2.txt"), "--name", name, "-m", "cite", env=env))
+    assert r.stdout == "2\n"
+
+    client(registry_url).set_prompt_alias(name, "staging", 1)  # promote's history keeps it
+    r = ok(run("promote", name, "--version", "2", "--to", "staging", "--reason", "cites", env=env))
+    assert "was 1" in r.stderr
+
+    latest, pinned, aliased, diff, listing = run_all(
+        argv("show", name),
+        argv("show", f"{name}/1"),
+        argv("show", f"{name}@staging"),
+        argv("diff", name, "1", "@staging"),
+        argv("list"),
+        env=env,
+    )
+    assert ok(latest).stdout == V2 and "version   2" in latest.stderr
+    assert ok(pinned).stdout == V1 and "message   first" in pinned.stderr
+    assert ok(aliased).stdout == V2 and "aliases   staging" in aliased.stderr
+    assert "llmops.promote_reason=cites" in aliased.stderr
+    assert "+Cite passages like [1]." in ok(diff).stdout
+    assert f"--- {name}/1 (1)" in diff.stdout and f"+++ {name}/2 (@staging)" in diff.stdout
+    row = next(line for line in ok(listing).stdout.splitlines() if name in line)
+    assert "staging→2" in row and " 2 " in row
+
+    r = ok(run("rollback", name, "--to", "staging", env=env))
+    assert "2 -> 1" in r.stderr
+    assert client(registry_url).get_prompt_version_by_alias(name, "staging").version == 1
+
+
+def test_promote_history_and_the_gate_hook(registry_url: str) -> None:
+    """The operations behind the commands, with a real client: how rollback walks the history,
+    and how a gate (the eval gate, later) refuses or is overridden."""
+    c = client(registry_url)
+    name = unique()
+    for text in ("a {{ question }}", "b {{ question }}", "c {{ question }}"):
+        c.register_prompt(name, text)
+    c.set_prompt_alias(name, "production", 1)  # set outside the CLI: still reachable
+    assert promote(c, name, "2", "production") == 0
+    assert promote(c, name, "3", "production", reason="better recall") == 0
+    history = c.get_prompt(name).tags["llmops.alias_history.production"]
+    assert json.loads(history) == ["1", "2", "3"]
+    tags = c.get_prompt_version(name, 3).tags
+    assert tags["llmops.promote_reason"] == "better recall" and tags["llmops.promoted_by"]
+    assert "llmops.promoted_to.production" in tags
+
+    assert rollback(c, name, "production") == 0
+    assert rollback(c, name, "production") == 0
+    assert c.get_prompt_version_by_alias(name, "production").version == 1
+    with pytest.raises(CLIError, match="no earlier version"):
+        rollback(c, name, "production")
+
+    asked: list[tuple[str, str, str]] = []
+
+    def gate(_: MlflowClient, n: str, v: str, alias: str) -> tuple[bool, str]:
+        asked.append((n, v, alias))
+        return False, "no passing eval for this version"
+
+    with pytest.raises(CLIError, match="refused: no passing eval") as refused:
+        promote(c, name, "3", "production", gate=gate)
+    assert refused.value.code == 1 and asked == [(name, "3", "production")]
+    assert c.get_prompt_version_by_alias(name, "production").version == 1
+    assert promote(c, name, "3", "production", gate=gate, force=True, reason="hotfix") == 0
+    assert c.get_prompt_version_by_alias(name, "production").version == 3
+    assert c.get_prompt_version(name, 3).tags["llmops.promote_reason"] == "hotfix"
+
+
+def test_usage_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_text(" \n")
+    (tmp_path / "p.txt").write_text(V1)
+    failed(run("list"), 2, "pass --tracking-uri")
+    failed(run("push", str(tmp_path / "p.txt"), "--name", "x"), 2, "set MLFLOW_TRACKING_URI")
+    env = mlflow_env(MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    failed(run("push", str(tmp_path / "empty.txt"), "--name", "x", env=env), 2, "is empty")
+    failed(run("push", str(tmp_path / "nope.txt"), "--name", "x", env=env), 2, "cannot read")
+    r = run("promote", "x", "--version", "1", "--to", "production", "--force", env=env)
+    failed(r, 2, "--force needs --reason")
+
+
+def test_registry_errors_are_one_line_exit_1(registry_url: str) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    name = unique()
+    client(registry_url).register_prompt(name, V1)
+    client(registry_url).set_prompt_alias(name, "production", 1)
+    unknown, unreachable, no_alias, no_history = run_all(
+        argv("show", unique(), "--tracking-uri", registry_url),
+        argv("list", "--tracking-uri", down),
+        argv("diff", name, "1", "@staging", "--tracking-uri", registry_url),
+        argv("rollback", name, "--to", "production", "--tracking-uri", registry_url),
+        env=mlflow_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"),  # the user's setting wins
+    )
+    failed(unknown, 1, "does not exist; push it")
+    failed(unreachable, 1, f"cannot reach the MLflow registry at {down}: [Errno 111]")
+    failed(no_alias, 1, f"no version of prompt '{name}' has alias 'staging'")
+    failed(no_history, 1, "no earlier version")
