@@ -120,11 +120,25 @@ def mlflow_command(data_dir: Path, host: str, port: int) -> str:
 
     store = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
     artifacts = (data_dir / "mlflow-artifacts").resolve()
-    return " ".join(shlex.quote(part) for part in (
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
-        "--default-artifact-root", str(artifacts), "--host", host, "--port", str(port),
-        "--workers", "1",
-    ))  # fmt: skip
+    return " ".join(
+        shlex.quote(part)
+        for part in (
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            store,
+            "--default-artifact-root",
+            str(artifacts),
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        )
+    )
 
 
 def write_local_routing(path: Path, host: str, base_port: int) -> None:
@@ -379,6 +393,55 @@ def db_current(service: DbService = "all", database_url: DbURL = None) -> None:
 
 
 app.add_typer(prompts_app, name="prompts")
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[Path, typer.Option("--dataset", "-d", help="JSONL questions.")],
+    prompt: Annotated[
+        str, typer.Option("--prompt", "-p", help="The candidate: NAME@ALIAS or NAME/VERSION.")
+    ],
+    against: Annotated[
+        str | None, typer.Option("--against", help="The baseline, e.g. NAME@production.")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="rag URL; default $LLMOPS_RAG_URL or :8006.")
+    ] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection to ask.")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1)] = None,
+    margin: Annotated[
+        float | None, typer.Option(help="Gate margin; default $LLMOPS_GATE_MARGIN or 0.05.")
+    ] = None,
+    fail_on_gate: Annotated[
+        bool, typer.Option(help="Exit 1 when the candidate fails the gate (for CI).")
+    ] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_default=False),
+    ] = None,
+) -> None:
+    """Run a prompt version through the real pipeline on a dataset; log the run to MLflow."""
+    from services.cli.evaluate import margin_from_env, run_eval
+    from services.cli.prompts import _reported, connect
+    from services.rag.evaluation import gate_passes
+
+    with _reported(tracking_uri):
+        result = run_eval(
+            connect(tracking_uri),
+            dataset=dataset,
+            prompt=prompt,
+            against=against,
+            url=url,
+            collection=collection,
+            top_k=top_k,
+            margin=margin if margin is not None else margin_from_env(),
+        )
+    diff = result["diff"]
+    if fail_on_gate and diff is not None:
+        ok = gate_passes(diff["score"], margin if margin is not None else margin_from_env())
+        raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(0)
+
 
 feedback_app = typer.Typer(help="The feedback service's data.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")

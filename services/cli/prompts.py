@@ -529,8 +529,17 @@ def promote_cmd(
     with _reported(tracking_uri):
         _check_force(force, reason)  # before connecting: a usage error needs no registry
         client = connect(tracking_uri)
-        code = promote(client, name, version, to, force=force, reason=reason, gate=PROMOTE_GATE)
+        code = promote(client, name, version, to, force=force, reason=reason, gate=_gate())
     raise typer.Exit(code)
+
+
+def _gate() -> PromoteGate:
+    """The eval gate (services/cli/evaluate.py) unless something else was installed."""
+    if PROMOTE_GATE is not None:
+        return PROMOTE_GATE
+    from services.cli.evaluate import eval_gate
+
+    return eval_gate
 
 
 @prompts_app.command("rollback")

@@ -92,7 +92,20 @@ def test_push_promote_show_diff_list_rollback(registry_url: str, tmp_path: Path)
     assert r.stdout == "2\n"
 
     client(registry_url).set_prompt_alias(name, "staging", 1)  # promote's history keeps it
-    r = ok(run("promote", name, "--version", "2", "--to", "staging", "--reason", "cites", env=env))
+    r = ok(
+        run(
+            "promote",
+            name,
+            "--version",
+            "2",
+            "--to",
+            "staging",
+            "--force",
+            "--reason",
+            "cites",
+            env=env,
+        )
+    )  # no eval ran: the gate is overridden
     assert "was 1" in r.stderr
 
     latest, pinned, aliased, diff, listing = run_all(

@@ -11,7 +11,8 @@ control endpoints (no auth) for tests:
 
 * ``POST /_script`` ``{"faults": [F, ...]}`` queues faults (FIFO, one per /v1 request) and/or
   ``{"always": F | null}`` sets a fault applied to every /v1 request, and/or ``{"content": S}``
-  sets the reply (streamed word by word; null: back to the default).
+  sets the reply (streamed word by word; null: back to the default), and/or ``{"replies":
+  [{"if_contains": S, "content": C}, ...]}`` picks the reply by what the prompt contains.
 * ``GET /_stats``, ``GET /_requests`` (the last 100 /v1 requests), ``POST /_reset``.
 
 A fault ``F`` is an object with any of: ``delay_ms`` (sleep first), ``status`` (+ ``retry_after``)
@@ -49,6 +50,7 @@ class FakeUpstream:
         self.default_content = f"Hello from {name}."
         self.content = self.default_content
         self.scripted_content = False  # a scripted reply streams word by word, not "tok{i}"
+        self.rules: list[dict[str, str]] = []  # [{"if_contains": S, "content": C}]: first match
         self.faults: collections.deque[dict[str, Any]] = collections.deque()
         self.always: dict[str, Any] | None = None
         self.recorded: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
@@ -158,7 +160,7 @@ class FakeUpstream:
                 return await self._stream(request, body, fault, cid, created, model, usage)
             if fault and fault.get("malformed"):
                 return web.Response(body=b'{"choices": [', headers=self._headers())
-            message: dict[str, Any] = {"role": "assistant", "content": self.content}
+            message: dict[str, Any] = {"role": "assistant", "content": self._reply(body)}
             finish = "stop"
             call = _forced_tool_call(body)
             if call is not None:
@@ -180,6 +182,14 @@ class FakeUpstream:
             return web.Response(body=payload, headers=self._headers())
         finally:
             self.stats["in_flight"] -= 1
+
+    def _reply(self, body: dict[str, Any]) -> str:
+        """The scripted reply: the first rule whose text the prompt contains, else the content."""
+        text = orjson.dumps(body.get("messages")).decode()
+        for rule in self.rules:
+            if str(rule.get("if_contains", "")) in text:
+                return str(rule.get("content", ""))
+        return self.content
 
     async def _cut_body(self, request: web.Request, payload: bytes) -> web.StreamResponse:
         """Headers with the full Content-Length, half the body, then the connection closes."""
@@ -218,8 +228,8 @@ class FakeUpstream:
                 return resp
             cut = fault.get("cut_after_chunks") if fault else None
             await resp.write(event({"role": "assistant", "content": ""}))
-            if self.scripted_content:
-                words = self.content.split(" ")
+            if self.scripted_content or self.rules:
+                words = self._reply(body).split(" ")
                 pieces = [w + (" " if n < len(words) - 1 else "") for n, w in enumerate(words)]
             else:
                 pieces = [f"tok{i} " for i in range(min(usage["completion_tokens"], 8))]
@@ -317,6 +327,8 @@ class FakeUpstream:
         if "content" in body:
             self.content = str(body["content"] or self.default_content)
             self.scripted_content = bool(body["content"])
+        if "replies" in body:
+            self.rules = [r for r in body["replies"] or [] if isinstance(r, dict)]
         return self._json({"queued": len(self.faults), "always": self.always})
 
     async def get_stats(self, request: web.Request) -> web.Response:
@@ -329,6 +341,7 @@ class FakeUpstream:
         self.faults.clear()
         self.always = None
         self.content, self.scripted_content = self.default_content, False
+        self.rules = []
         self.recorded.clear()
         self.reset_stats()
         return self._json({"reset": True})

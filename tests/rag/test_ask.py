@@ -13,43 +13,17 @@ import pytest
 from openai._streaming import SSEDecoder
 
 from tests.conftest import (
-    API_KEY_HASH,
     ServiceProcess,
     assert_error,
     auth_headers,
     free_port,
-    fresh_pg_database,
     metric,
     scrape,
 )
 from tests.feedback.conftest import TcpProxy
-from tests.llm_proxy.conftest import FakeUpstream
-from tests.rag.platform import Platform, set_reply, start_proxy, start_retrieval
+from tests.rag.platform import Platform, set_reply
 
 REPLY = "Damaged items can be returned within 30 days [1]. Digital goods are not [1][7]."
-
-
-@pytest.fixture(scope="module")
-def platform(
-    service_factory: Any, embeddings: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Platform]:
-    tmp = tmp_path_factory.mktemp("rag-platform")
-    fake = FakeUpstream("rag-fake", tmp)
-    with fresh_pg_database("llmops_rag") as pg:
-        feedback: ServiceProcess = service_factory(
-            "feedback",
-            ENV="dev",
-            FEEDBACK_API_KEY_HASHES=API_KEY_HASH,
-            FEEDBACK_DATABASE_URL=pg,
-            FEEDBACK_SPOOL_DIR=str(tmp / "fb-spool"),
-        ).wait_ready(60)
-        yield Platform(
-            retrieval=start_retrieval(service_factory, embeddings, tmp),
-            proxy=start_proxy(service_factory, fake, tmp),
-            fake=fake,
-            feedback_url=feedback.url,
-        )
-    fake.stop()
 
 
 @pytest.fixture(scope="module")

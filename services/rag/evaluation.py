@@ -1,0 +1,141 @@
+"""Evaluation of a RAG configuration, and the promotion gate built on it.
+
+Per question: did retrieval bring an expected document (hit@k), do the answer's citation
+markers point to retrieved chunks (citation validity), and are the expected facts in the
+answer (fact recall); the question's ``score`` is the mean of the three. Questions written
+about one document are not independent, so standard errors are clustered by source document
+(the CR1 sandwich estimator for a mean), with a t interval on (clusters - 1) degrees of
+freedom. A candidate is compared with the current holder of an alias question by question:
+the mean paired difference, clustered the same way. The gate passes when the lower bound of
+that difference's 95% interval is at least ``-margin``: "not worse by more than the margin".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+METRICS = ("hit", "citation_validity", "fact_recall", "score")
+EXPERIMENT = "llmops-eval"
+TAG = "llmops.eval."
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    expected_documents: tuple[str, ...]
+    expected_facts: tuple[str, ...]
+    source: str  # the cluster: the document the question was written from
+
+    @classmethod
+    def parse(cls, obj: dict[str, Any], line: int) -> Question:
+        try:
+            docs = tuple(str(d) for d in obj.get("expected_documents", []))
+            facts = tuple(str(f) for f in obj.get("expected_facts", []))
+            question = str(obj["question"]).strip()
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"line {line}: needs 'question' and lists of strings: {exc}") from None
+        if not question:
+            raise ValueError(f"line {line}: 'question' is empty")
+        source = str(obj.get("source") or (docs[0] if docs else f"q{line}"))
+        return cls(str(obj.get("id") or f"q{line}"), question, docs, facts, source)
+
+
+def score(q: Question, answer: dict[str, Any]) -> dict[str, float]:
+    """The metrics of one answer of ``/v1/ask``."""
+    retrieved = {c.get("document_id") for c in answer.get("contexts", [])}
+    hit = float(bool(set(q.expected_documents) & retrieved)) if q.expected_documents else 1.0
+    valid = len(answer.get("citations", []))
+    invalid = len(answer.get("invalid_citations", []))
+    citation_validity = valid / (valid + invalid) if valid + invalid else 0.0
+    text = str(answer.get("answer", "")).lower()
+    if q.expected_facts:
+        fact_recall = sum(f.lower() in text for f in q.expected_facts) / len(q.expected_facts)
+    else:
+        fact_recall = 1.0
+    return {
+        "hit": hit,
+        "citation_validity": citation_validity,
+        "fact_recall": fact_recall,
+        "score": (hit + citation_validity + fact_recall) / 3,
+    }
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    se: float
+    ci_low: float
+    ci_high: float
+    n: int
+    clusters: int
+
+
+def t_quantile(df: int, p: float = 0.975) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def clustered_mean(values: Sequence[float], clusters: Sequence[str]) -> Estimate:
+    """Mean with its cluster-robust (CR1) standard error and 95% t interval.
+
+    SE^2 = G/(G-1) * sum over clusters of (sum of residuals in the cluster)^2 / n^2. With fewer
+    than two clusters there is nothing to cluster on: the plain SE with n-1 degrees of freedom.
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values")
+    mean = sum(values) / n
+    groups: dict[str, float] = defaultdict(float)
+    for v, c in zip(values, clusters, strict=True):
+        groups[c] += v - mean
+    g = len(groups)
+    if g >= 2:
+        var = g / (g - 1) * sum(s * s for s in groups.values()) / (n * n)
+        df = g - 1
+    elif n >= 2:
+        var = sum((v - mean) ** 2 for v in values) / (n - 1) / n
+        df = n - 1
+    else:
+        return Estimate(mean, math.inf, -math.inf, math.inf, n, g)
+    se = math.sqrt(var)
+    half = t_quantile(df) * se
+    return Estimate(mean, se, mean - half, mean + half, n, g)
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Estimate]:
+    clusters = [r["source"] for r in rows]
+    return {m: clustered_mean([float(r[m]) for r in rows], clusters) for m in METRICS}
+
+
+def paired(
+    candidate: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]
+) -> dict[str, Estimate]:
+    """Candidate minus baseline, question by question (same questions, same order)."""
+    if [r["id"] for r in candidate] != [r["id"] for r in baseline]:
+        raise ValueError("paired comparison needs the same questions in the same order")
+    clusters = [r["source"] for r in candidate]
+    return {
+        m: clustered_mean(
+            [float(c[m]) - float(b[m]) for c, b in zip(candidate, baseline, strict=True)], clusters
+        )
+        for m in METRICS
+    }
+
+
+def gate_passes(diff: Estimate, margin: float) -> bool:
+    return diff.ci_low >= -margin
+
+
+def gate_message(diff: Estimate, margin: float) -> str:
+    verdict = "passes" if gate_passes(diff, margin) else "fails"
+    return (
+        f"score difference {diff.mean:+.3f} (95% CI {diff.ci_low:+.3f} to {diff.ci_high:+.3f}, "
+        f"{diff.n} questions in {diff.clusters} documents) {verdict} the gate: lower bound >= "
+        f"-{margin:g}"
+    )
