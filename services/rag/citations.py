@@ -11,14 +11,18 @@ _MARKER = re.compile(r"\[(\d{1,3})\]")
 def number_contexts(
     chunks: list[dict[str, Any]], max_chars: int
 ) -> tuple[str, list[dict[str, Any]]]:
-    """The context block of the prompt (``[1] doc > heading\\ntext``), best chunks first, within
-    ``max_chars``; and the chunks that made it in, in marker order."""
+    """The context block of the prompt (``[1] text``, best chunks first) within ``max_chars``,
+    and the chunks that made it in, in marker order. Where a chunk came from stays out of the
+    prompt (small models copy it into the answer); the citations carry it instead."""
     parts: list[str] = []
     used: list[dict[str, Any]] = []
     total = 0
     for chunk in chunks:
-        where = " > ".join([str(chunk.get("doc_id") or "?"), *chunk.get("headings", [])])
-        block = f"[{len(used) + 1}] ({where})\n{(chunk.get('text') or '').strip()}"
+        heading = " > ".join(chunk.get("headings", [])[-1:])
+        text = (chunk.get("text") or "").strip()
+        block = (
+            f"[{len(used) + 1}] {heading + ': ' if heading and heading not in text else ''}{text}"
+        )
         if used and total + len(block) > max_chars:
             break
         parts.append(block[:max_chars])

@@ -46,7 +46,10 @@ class InteractionOutbox:
         self.last_error: str | None = None
 
     def put(self, interaction: dict[str, Any], headers: dict[str, str]) -> None:
-        """Queue one interaction (with the trace headers of its request); never blocks."""
+        """Queue one interaction (with the trace headers of its request); never blocks. Without
+        a feedback service configured, nothing is kept."""
+        if self.client is None:
+            return
         self._memory.append({"op": "interaction", "rows": [interaction], "headers": headers})
 
     @property

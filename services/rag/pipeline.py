@@ -8,6 +8,7 @@ join one trace.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +17,10 @@ from typing import Any
 
 import httpx
 import orjson
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from services.common.errors import APIError
 from services.common.http import context_headers
@@ -47,6 +51,7 @@ class Prepared:
     ask: Ask
     interaction_id: str
     trace_id: str
+    context: Context
     started: float
     prompt: ResolvedPrompt
     messages: list[dict[str, str]]
@@ -55,9 +60,22 @@ class Prepared:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _trace_id(interaction_id: str) -> str:
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else trace_id_for(interaction_id)
+def _trace(interaction_id: str) -> tuple[str, Context]:
+    """The ask's trace: the caller's (or the server span's), else one named after the
+    interaction (Langfuse's seeded id). The stages' spans and every outgoing ``traceparent``
+    hang from it, so retrieval, the proxy and feedback see one trace id even when nothing is
+    exported; a feedback score on the interaction then lands on that same trace."""
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid:
+        return format(current.trace_id, "032x"), otel_context.get_current()
+    trace_id = trace_id_for(interaction_id)
+    parent = SpanContext(
+        int(trace_id, 16),
+        int.from_bytes(os.urandom(8), "big") or 1,
+        is_remote=True,
+        trace_flags=TraceFlags(0),
+    )
+    return trace_id, trace.set_span_in_context(NonRecordingSpan(parent))
 
 
 async def _retrieve(state: RagState, ask: Ask, degraded: list[str]) -> list[dict[str, Any]]:
@@ -98,6 +116,17 @@ def _retrieval_down(state: RagState, degraded: list[str], why: str) -> list[dict
 async def prepare(state: RagState, ask: Ask) -> Prepared:
     started = time.perf_counter()
     interaction_id = uuid.uuid4().hex
+    trace_id, ctx = _trace(interaction_id)
+    token = otel_context.attach(ctx)
+    try:
+        return await _prepare(state, ask, interaction_id, trace_id, ctx, started)
+    finally:
+        otel_context.detach(token)
+
+
+async def _prepare(
+    state: RagState, ask: Ask, interaction_id: str, trace_id: str, ctx: Context, started: float
+) -> Prepared:
     degraded: list[str] = []
     tracer = state.tracer
     timings: dict[str, float] = {}
@@ -111,7 +140,20 @@ async def prepare(state: RagState, ask: Ask) -> Prepared:
         try:
             prompt = await state.prompts.get(ask.prompt_version)
         except PromptNotFound as exc:
-            raise APIError(404, str(exc), param="prompt_version", code="prompt_not_found") from None
+            if ask.prompt_version is not None:
+                raise APIError(
+                    404, str(exc), param="prompt_version", code="prompt_not_found"
+                ) from None
+            # Nothing registered under the alias yet (a new install): the bundled prompt,
+            # flagged, rather than no answers at all.
+            log.warning("%s; serving the bundled prompt", exc)
+            prompt = ResolvedPrompt(
+                state.settings.prompt_name,
+                None,
+                state.bundled_prompt,
+                "bundled",
+                ("prompt_not_registered",),
+            )
         except PromptUnavailable as exc:
             raise APIError(
                 503, str(exc), code="prompt_registry_unavailable", headers={"Retry-After": "5"}
@@ -127,7 +169,8 @@ async def prepare(state: RagState, ask: Ask) -> Prepared:
     return Prepared(
         ask=ask,
         interaction_id=interaction_id,
-        trace_id=_trace_id(interaction_id),
+        trace_id=trace_id,
+        context=ctx,
         started=started,
         prompt=prompt,
         messages=[{"role": "user", "content": text}],
@@ -174,6 +217,14 @@ def _llm_error(r: httpx.Response) -> APIError:
 
 
 async def answer(state: RagState, p: Prepared) -> dict[str, Any]:
+    token = otel_context.attach(p.context)
+    try:
+        return await _answer(state, p)
+    finally:
+        otel_context.detach(token)
+
+
+async def _answer(state: RagState, p: Prepared) -> dict[str, Any]:
     with state.tracer.start_as_current_span("rag.generate") as span:
         t = time.perf_counter()
         try:
@@ -202,6 +253,9 @@ async def answer(state: RagState, p: Prepared) -> dict[str, Any]:
 async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
     """SSE: ``rag.ask.chunk`` events with text deltas, then the whole ``rag.ask`` object, then
     ``[DONE]``; a failure after the first byte is an ``error`` event, never a silent cut."""
+    # The body runs in the response's own task, whose context is thrown away after it: no
+    # detach needed (detaching across the yields would only log a spurious error).
+    otel_context.attach(p.context)
     t = time.perf_counter()
     parts: list[str] = []
     usage: dict[str, Any] | None = None
@@ -241,10 +295,12 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
                             }
                         )
     except APIError as exc:
+        state.metrics.asks.labels(exc.code or "error", "true").inc()
         yield _sse({"error": {"message": exc.message, "type": exc.type, "code": exc.code}})
         yield b"data: [DONE]\n\n"
         return
     except httpx.HTTPError as exc:
+        state.metrics.asks.labels("upstream_error", "true").inc()
         yield _sse(
             {
                 "error": {
@@ -257,6 +313,7 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
         yield b"data: [DONE]\n\n"
         return
     p.timings["llm"] = time.perf_counter() - t
+    state.metrics.asks.labels("ok", "true").inc()
     result = finish(state, p, "".join(parts).strip(), usage, deployment, model)
     yield _sse(result)
     yield b"data: [DONE]\n\n"

@@ -63,8 +63,7 @@ async def ask(body: AskIn, request: Request) -> Response:
             "x-llmops-interaction-id": prepared.interaction_id,
             "x-llmops-trace-id": prepared.trace_id,
         }
-        if body.stream:
-            state.metrics.asks.labels("ok", "true").inc()
+        if body.stream:  # counted when the stream ends (ok, or the error it carried)
             return StreamingResponse(
                 pipeline.answer_stream(state, prepared),
                 media_type="text/event-stream",

@@ -98,7 +98,8 @@ def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert again.returncode == 0
         row = next(line for line in again.stdout.splitlines() if line.startswith("│"))
         cells = [c.strip() for c in row.split("│")[1:5]]
-        assert cells == ["0", "2", "0", "0"], again.stdout  # all unchanged
+        files = 1 + len(list((ROOT / "docs").glob("*.md")))  # README.md and docs/*.md
+        assert cells == ["0", str(files), "0", "0"], again.stdout  # all unchanged
         found = run(
             "search", "how is the benchmark ratio computed", "--collection", "demo",
             "--url", retrieval, "-k", "3", "--filter", "extension=md", env=cli_env,
