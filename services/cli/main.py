@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from services.cli.models import models_app
 from services.cli.prompts import prompts_app
 from services.common.auth import hash_key
 from services.common.server import SERVICES, serve
@@ -393,6 +394,7 @@ def db_current(service: DbService = "all", database_url: DbURL = None) -> None:
 
 
 app.add_typer(prompts_app, name="prompts")
+app.add_typer(models_app, name="models")
 
 
 @app.command("eval")

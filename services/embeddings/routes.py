@@ -40,6 +40,7 @@ def _card(encoder: Encoder, created: int, name: str | None = None) -> ModelCard:
         dimensions=info.dimension,
         max_input_tokens=info.max_tokens,
         backend=info.backend,
+        source=info.source,
     )
 
 

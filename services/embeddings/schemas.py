@@ -28,6 +28,7 @@ class ModelCard(BaseModel):
     dimensions: int
     max_input_tokens: int
     backend: str
+    source: str  # package:..., path:..., or mlflow:models:/NAME/VERSION (the version served)
 
 
 class TokenizeRequest(BaseModel):
