@@ -5,9 +5,7 @@ MLflow's own loader reads what was registered; one clear line (never a traceback
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,59 +20,19 @@ from services.embeddings.mlflow_model import (
     SOURCE_TAG,
     content_hash,
 )
-from tests.conftest import ROOT, free_port
-from tests.rag.conftest import mlflow_env, shared_mlflow_server
+from tests.cli.mlflow_cli import command, failed, ok, run_all, runner
+from tests.conftest import free_port
+from tests.rag.conftest import mlflow_env
 
-MODELS = [
-    sys.executable,
-    "-c",
-    "from services.cli.models import models_app; models_app(prog_name='llmops models')",
-]
+MODELS = command("services.cli.models", "models_app", "llmops models")
 TEXTS = ["Qdrant stores vectors.", "naïve café — über straße, 東京", "short"]
-
-
-@pytest.fixture(scope="session")
-def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The session's ``mlflow server`` (the same process tests/rag uses)."""
-    with shared_mlflow_server(tmp_path_factory) as server:
-        yield server.url
 
 
 def argv(*args: str) -> list[str]:
     return [*MODELS, *args]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv(*args), cwd=ROOT, env=env or mlflow_env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-
-
-def run_all(*commands: list[str], env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
-    """Independent commands at once: each process spends seconds importing MLflow."""
-    pipe = subprocess.PIPE
-    procs = [
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=pipe, stderr=pipe, text=True)
-        for cmd in commands
-    ]
-    done = []
-    for cmd, proc in zip(commands, procs, strict=True):
-        stdout, stderr = proc.communicate(timeout=300)
-        done.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr))
-    return done
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    assert "Traceback" not in r.stderr
-    return r
-
-
-def failed(r: subprocess.CompletedProcess[str], code: int, text: str) -> None:
-    """Exit ``code`` and one line on stderr that says ``text``."""
-    assert r.returncode == code, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    assert "Traceback" not in r.stderr
-    assert r.stderr.strip().count("\n") == 0, r.stderr
-    assert r.stderr.startswith("error: ") and text in r.stderr, r.stderr
+run = runner(MODELS, timeout=300)
 
 
 def unique() -> str:

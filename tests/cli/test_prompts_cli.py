@@ -4,70 +4,27 @@ diff, promote, rollback, and one clear line (never a traceback) for every error.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from services.cli.prompts import CLIError, promote, rollback
-from tests.conftest import ROOT, free_port
-from tests.rag.conftest import mlflow_env, shared_mlflow_server
+from tests.cli.mlflow_cli import command, failed, ok, run_all, runner
+from tests.conftest import free_port
+from tests.rag.conftest import mlflow_env
 
-PROMPTS = [
-    sys.executable,
-    "-c",
-    "from services.cli.prompts import prompts_app; prompts_app(prog_name='llmops prompts')",
-]
+PROMPTS = command("services.cli.prompts", "prompts_app", "llmops prompts")
 V1 = "Answer {{ question }} from:\n{{ context }}\n"
 V2 = "Answer {{ question }} only from:\n{{ context }}\nCite passages like [1].\n"
-
-
-@pytest.fixture(scope="session")
-def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The session's ``mlflow server`` (the same process tests/rag uses)."""
-    with shared_mlflow_server(tmp_path_factory) as server:
-        yield server.url
 
 
 def argv(*args: str) -> list[str]:
     return [*PROMPTS, *args]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv(*args), cwd=ROOT, env=env or mlflow_env(), capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
-
-
-def run_all(*commands: list[str], env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
-    """Independent commands at once: each process spends seconds importing MLflow."""
-    pipe = subprocess.PIPE
-    procs = [
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=pipe, stderr=pipe, text=True)
-        for cmd in commands
-    ]
-    done = []
-    for cmd, proc in zip(commands, procs, strict=True):
-        stdout, stderr = proc.communicate(timeout=120)
-        done.append(subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr))
-    return done
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    assert "Traceback" not in r.stderr
-    return r
-
-
-def failed(r: subprocess.CompletedProcess[str], code: int, text: str) -> None:
-    """Exit ``code`` and one line on stderr that says ``text``."""
-    assert r.returncode == code, f"exit {r.returncode}\n{r.stdout}\n{r.stderr}"
-    assert "Traceback" not in r.stderr
-    assert r.stderr.strip().count("\n") == 0, r.stderr
-    assert r.stderr.startswith("error: ") and text in r.stderr, r.stderr
+run = runner(PROMPTS, timeout=120)
 
 
 def unique() -> str:
