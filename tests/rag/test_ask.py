@@ -146,17 +146,23 @@ def test_bad_requests_get_clear_errors(rag: ServiceProcess, platform: Platform) 
 
 
 def test_retrieval_down_fails_or_answers_without_context(
-    platform: Platform, service_factory: Any, tmp_path: Path
+    platform: Platform, service_factory: Any, embeddings: ServiceProcess, tmp_path: Path
 ) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
-    strict = service_factory("rag", **platform.rag_env(tmp_path / "a", RAG_RETRIEVAL_URL=dead))
-    assert_error(ask(strict.wait_ready(60)), 503, "retrieval_unavailable")
+    from tests.rag.platform import start_retrieval
+
+    own = start_retrieval(service_factory, embeddings, tmp_path / "retrieval")
+    strict = service_factory(
+        "rag", **platform.rag_env(tmp_path / "a", RAG_RETRIEVAL_URL=own.url)
+    ).wait_ready(60)
     lenient = service_factory(
         "rag",
         **platform.rag_env(
-            tmp_path / "b", RAG_RETRIEVAL_URL=dead, RAG_ON_RETRIEVAL_FAILURE="no_context"
+            tmp_path / "b", RAG_RETRIEVAL_URL=own.url, RAG_ON_RETRIEVAL_FAILURE="no_context"
         ),
     ).wait_ready(60)
+    assert ask(strict).status_code == 200  # while it runs
+    own.stop()  # the real dependency goes away
+    assert_error(ask(strict), 503, "retrieval_unavailable")
     r = ask(lenient)
     assert r.status_code == 200, r.text
     assert r.json()["degraded"] == ["retrieval_unavailable"] and r.json()["contexts"] == []
