@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -55,4 +56,19 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM to the process group of a service started in its own session (its children
+    too), then SIGKILL if it has not gone within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -50,7 +50,7 @@ from typing import Any
 
 import httpx
 import psycopg
-from _services import ROOT, free_port
+from _services import ROOT, free_port, stop_group
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 KEY = "sk-bench-feedback-" + secrets.token_urlsafe(16)
@@ -174,16 +174,7 @@ class Service:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc, timeout=60)
 
     def batch_totals(self) -> tuple[float, float]:
         """(ops, transactions) so far, from ``llmops_feedback_commit_batch_size_{sum,count}``."""

@@ -63,7 +63,7 @@ from typing import Any
 import httpx
 import psycopg
 import yaml
-from _services import ROOT, free_port
+from _services import ROOT, free_port, stop_group
 from feedback import ForeignCPU
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -208,16 +208,7 @@ class Proc:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_group(self.proc, timeout=30)
 
 
 def serve(name: str, env: dict[str, str], workdir: Path) -> tuple[Proc, str]:
