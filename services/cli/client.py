@@ -28,11 +28,18 @@ def api_key() -> str | None:
     return path.read_text(encoding="utf-8").strip() if path.exists() else None
 
 
-def retrieval_client(url: str | None) -> httpx.Client:
-    base = url or os.environ.get("LLMOPS_RETRIEVAL_URL", "http://127.0.0.1:8002")
+def service_client(
+    url: str | None, env_var: str, default: str, timeout: float | httpx.Timeout
+) -> httpx.Client:
+    """A client of one service: ``url``, else ``$env_var``, else ``default``; the local key."""
     key = api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=base, headers=headers, timeout=600)
+    base = url or os.environ.get(env_var, default)
+    return httpx.Client(base_url=base, headers=headers, timeout=timeout)
+
+
+def retrieval_client(url: str | None) -> httpx.Client:
+    return service_client(url, "LLMOPS_RETRIEVAL_URL", "http://127.0.0.1:8002", 600)
 
 
 def error_message(r: httpx.Response) -> str:

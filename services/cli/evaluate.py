@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli.client import api_key, error_message
+from services.cli.client import error_message, service_client
 from services.cli.prompts import CLIError, current_version, parse_ref, resolve
 from services.rag.evaluation import (
     EXPERIMENT,
@@ -164,25 +164,19 @@ def run_eval(
         extra["collection"] = collection
     if top_k:
         extra["top_k"] = top_k
-    rag_url = url or os.environ.get("LLMOPS_RAG_URL", "http://127.0.0.1:8006")
-    key = api_key()
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with httpx.Client(base_url=rag_url, headers=headers, timeout=300) as http:
+    with service_client(url, "LLMOPS_RAG_URL", "http://127.0.0.1:8006", 300) as http:
+        rag_url = str(http.base_url).rstrip("/")
         rows = _run_all(http, questions, versions, name, extra)
     cand_rows = rows[cand]
     summary = summarize(cand_rows)
-    diff = paired(cand_rows, rows[base]) if base is not None and base != cand else None
-    if base is not None and base == cand:
-        diff = paired(cand_rows, cand_rows)
+    diff = paired(cand_rows, rows[base]) if base is not None else None  # same rows if base == cand
     out.print(_table(f"{name} version {cand} on {dataset.name}", summary))
     if base is not None and diff is not None:
         out.print(_table(f"paired diff: version {cand} minus version {base}", diff))
         out.print(gate_message(diff["score"], margin))
 
     digest = hashlib.sha256(dataset.read_bytes()).hexdigest()[:16]
-    tracking = client.tracking_uri if hasattr(client, "tracking_uri") else None
-    if tracking:
-        mlflow.set_tracking_uri(tracking)
+    mlflow.set_tracking_uri(client.tracking_uri)
     mlflow.set_experiment(EXPERIMENT)
     tags = {
         f"{TAG}prompt": name,

@@ -12,16 +12,15 @@ import httpx
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from services.cli.client import api_key, error_message
+from services.cli.client import error_message, service_client
 
 err = Console(stderr=True)
 
 
 def feedback_client(url: str | None) -> httpx.Client:
-    base = url or os.environ.get("LLMOPS_FEEDBACK_URL", "http://127.0.0.1:8005")
-    key = api_key()
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=base, headers=headers, timeout=httpx.Timeout(30, read=600))
+    return service_client(
+        url, "LLMOPS_FEEDBACK_URL", "http://127.0.0.1:8005", httpx.Timeout(30, read=600)
+    )
 
 
 def export(url: str | None, fmt: str, out: Path, filters: dict[str, Any]) -> int:

@@ -7,6 +7,7 @@ downstream calls). Nothing leaves the process without an endpoint.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, MutableMapping
 
 from opentelemetry import propagate, trace
@@ -68,3 +69,10 @@ def traceresponse(span: trace.Span) -> str | None:
     if not ctx.is_valid:
         return None
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def trace_id_for(interaction_id: str) -> str:
+    """The trace of an interaction that came without one: what Langfuse's SDKs compute with
+    ``create_trace_id(seed=interaction_id)`` (the first 16 bytes of SHA-256, as hex), so a
+    client using their SDK with the same seed lands on the same trace."""
+    return hashlib.sha256(interaction_id.encode()).digest()[:16].hex()

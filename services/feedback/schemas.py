@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.common.errors import APIError
+from services.common.tracing import trace_id_for
 
 ID_PATTERN = r"^[A-Za-z0-9._:\-]+$"
 # Langfuse's rule for environments, so the value forwards unchanged.
@@ -27,13 +28,6 @@ MAX_BATCH = 1000
 
 Id = Field(min_length=1, max_length=200, pattern=ID_PATTERN)
 OptionalText = Field(None, max_length=200)
-
-
-def trace_id_for(interaction_id: str) -> str:
-    """The trace of an interaction that came without one: what Langfuse's SDKs compute with
-    ``create_trace_id(seed=interaction_id)`` (the first 16 bytes of SHA-256, as hex), so a
-    client using their SDK with the same seed lands on the same trace."""
-    return hashlib.sha256(interaction_id.encode()).digest()[:16].hex()
 
 
 def request_hash(model: BaseModel) -> str:

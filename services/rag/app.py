@@ -72,7 +72,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         outbox=outbox,
         metrics=metrics,
         tracer=app.state.tracer,
-        bundled_prompt=settings.bundled_prompt.read_text(encoding="utf-8"),
     )
     outbox.start()
     # Warm the registry (MLflow's import and the first fetch take seconds) without holding up

@@ -24,7 +24,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from services.common.errors import APIError
 from services.common.http import context_headers
-from services.feedback.schemas import trace_id_for
+from services.common.tracing import trace_id_for
 from services.rag.citations import cite, number_contexts
 from services.rag.registry import PromptNotFound, PromptUnavailable, ResolvedPrompt
 from services.rag.state import RagState
@@ -147,13 +147,7 @@ async def _prepare(
             # Nothing registered under the alias yet (a new install): the bundled prompt,
             # flagged, rather than no answers at all.
             log.warning("%s; serving the bundled prompt", exc)
-            prompt = ResolvedPrompt(
-                state.settings.prompt_name,
-                None,
-                state.bundled_prompt,
-                "bundled",
-                ("prompt_not_registered",),
-            )
+            prompt = state.prompts.bundled("prompt_not_registered")
         except PromptUnavailable as exc:
             raise APIError(
                 503, str(exc), code="prompt_registry_unavailable", headers={"Retry-After": "5"}

@@ -203,6 +203,10 @@ class PromptRegistry:
         assert entry.prompt is not None
         return self._served(entry.prompt)
 
+    def bundled(self, *degraded: str) -> ResolvedPrompt:
+        """The prompt shipped with the service, flagged with ``degraded``."""
+        return self._served(replace(self._bundled, degraded=degraded))
+
     def _fallback(self, key: str, version: str | None) -> ResolvedPrompt:
         entry = self._entries.get(key)
         if entry is not None and entry.prompt is not None:

@@ -66,4 +66,3 @@ class RagState:
     outbox: InteractionOutbox
     metrics: RagMetrics
     tracer: Tracer
-    bundled_prompt: str  # the template served when the registry has none for the alias
