@@ -7,7 +7,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from services.common import ports
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
@@ -29,13 +30,17 @@ API_KEY_HASH = hashlib.sha256(API_KEY.encode()).hexdigest()
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port outside the kernel's ephemeral range (see common/ports.py)."""
+    return ports.free_port()
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test environment without any service settings leaking in from the caller's shell."""
+    """The test environment without any service settings leaking in from the caller's shell.
+
+    ``ENV=dev`` unless a test says otherwise: the services of a test run on loopback and on
+    local stores, which production refuses (tests of those refusals set ``ENV``). No stop
+    delay either, unless a test asks for one: every stop would wait for it.
+    """
     env = {
         k: v
         for k, v in os.environ.items()
@@ -46,6 +51,7 @@ def clean_env(**extra: str) -> dict[str, str]:
                 "LLM_PROXY_",
                 "LOCAL_LLM_",
                 "FEEDBACK_",
+                "RAG_",
                 "LANGFUSE_",
                 "LLMOPS_",
                 "PROMETHEUS_MULTIPROC",
@@ -55,6 +61,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         and k != "ENV"
     }
     env.update({"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"})
+    env.update({"ENV": "dev", "LLMOPS_SHUTDOWN_DELAY_S": "0"})
     env.update(extra)
     return env
 
@@ -179,7 +186,9 @@ def auth_headers(key: str = API_KEY) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def embeddings(service_factory: Any) -> ServiceProcess:
     """The service on its defaults, with key auth, in the strict (production) environment."""
-    return service_factory("embeddings", EMBEDDINGS_API_KEY_HASHES=API_KEY_HASH).wait_ready()
+    return service_factory(
+        "embeddings", ENV="production", EMBEDDINGS_API_KEY_HASHES=API_KEY_HASH
+    ).wait_ready()
 
 
 @pytest.fixture(scope="session")

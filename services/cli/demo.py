@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from services.common.ports import free_base_port
 from services.common.server import SERVICES
 
 console = Console()
@@ -48,27 +49,12 @@ QUESTIONS = [
 
 
 def _free_base_port() -> int:
-    """A base port whose service ports (base+1...) are all free on loopback."""
+    """A base port whose service ports (base+1...) are all free on loopback, outside the
+    kernel's ephemeral range (so no outgoing connection takes one before the service binds)."""
     from services.cli.main import MLFLOW_OFFSET
 
     offsets = [spec.port - 8000 for spec in SERVICES.values()] + [MLFLOW_OFFSET]
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1] - max(offsets)
-        if base < 1024:
-            continue
-        ok = True
-        for off in offsets:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + off))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return int(base)
-    raise RuntimeError("no free ports on 127.0.0.1")
+    return free_base_port(offsets)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> float:
@@ -83,6 +69,52 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -
             pass
         time.sleep(0.25)
     raise TimeoutError(f"{url} was not ready after {timeout:.0f}s")
+
+
+BIND_ATTEMPTS = 3
+
+
+def _bound(base: int) -> bool:
+    """Every service of `llmops up` answers on its port (liveness: bound, maybe still loading)."""
+    from services.cli.main import MLFLOW_OFFSET
+
+    urls = [f"http://127.0.0.1:{base + spec.port - 8000}/healthz" for spec in SERVICES.values()]
+    urls.append(f"http://127.0.0.1:{base + MLFLOW_OFFSET}/health")
+    try:
+        return all(httpx.get(u, timeout=2).status_code == 200 for u in urls)
+    except httpx.HTTPError:
+        return False
+
+
+def _start_platform(
+    env: dict[str, str], log_path: Path, choose: Callable[[], int] = _free_base_port
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """``llmops up`` on free ports; when a port was taken before its service bound it (another
+    server asked for that very number), start again on other ports rather than fail."""
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        base = choose()
+        start = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "up", "--base-port", str(base)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None and not _bound(base):
+            time.sleep(0.25)
+        if proc.poll() is None:
+            return base, proc
+        _stop(proc)
+        with log_path.open("rb") as log:
+            log.seek(start)
+            said = log.read().decode(errors="replace").lower()
+        # uvicorn's "[Errno 98] address already in use", or `llmops up`'s own check
+        if "in use" not in said:
+            raise RuntimeError(f"the platform exited early with code {proc.returncode}")
+        console.print(f"a port near {base} was taken (attempt {attempt}); trying other ports")
+    raise RuntimeError(f"ports stayed taken after {BIND_ATTEMPTS} attempts")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -370,7 +402,6 @@ def run_demo() -> int:
 
     from services.cli.client import ingest, search
 
-    base = _free_base_port()
     key = "sk-demo-" + secrets.token_urlsafe(16)
     data_dir = Path(tempfile.mkdtemp(prefix="llmops-demo-"))
     env = dict(os.environ, LLMOPS_API_KEY=key, LLMOPS_DATA_DIR=str(data_dir), ENV="dev")
@@ -388,13 +419,12 @@ def run_demo() -> int:
     log_path = data_dir / "platform.log"
     console.rule("[bold]llmops demo[/]")
     console.print(f"starting the platform (llmops up), logs in {log_path}")
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "up", "--base-port", str(base)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    try:
+        base, proc = _start_platform(env, log_path)
+    except RuntimeError as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        console.print(log_path.read_text(errors="replace")[-4000:])
+        return 1
     url = f"http://127.0.0.1:{base + SERVICES['embeddings'].port - 8000}"
     try:
         waited = _wait_ready(url, proc)

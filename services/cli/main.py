@@ -14,6 +14,7 @@ from rich.console import Console
 from services.cli.models import models_app
 from services.cli.prompts import prompts_app
 from services.common.auth import hash_key
+from services.common.ports import is_free
 from services.common.server import SERVICES, serve
 
 app = typer.Typer(
@@ -36,16 +37,22 @@ def _service_names() -> str:
 @app.command("serve")
 def serve_cmd(
     service: Annotated[str, typer.Argument(help="Which service to run.")],
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="Port; default: the service's own.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind; default: <PREFIX>HOST or 127.0.0.1.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port; default: <PREFIX>PORT or the service's own.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes; default: <PREFIX>WORKERS or 1.")
+    ] = None,
 ) -> None:
     """Run one service under uvicorn; its settings come from its env prefix (e.g. EMBEDDINGS_)."""
     spec = SERVICES.get(service)
     if spec is None:
         console.print(f"[red]unknown service {service!r}[/]; choose one of: {_service_names()}")
         raise typer.Exit(2)
-    serve(spec, host=host, port=port or spec.port, workers=workers)
+    serve(spec, host=host, port=port, workers=workers)
 
 
 def dev_api_key(data_dir: Path) -> str:
@@ -82,14 +89,11 @@ def up_environment(key: str, data_dir: Path, host: str, base_port: int) -> dict[
     # Service-to-service: retrieval calls embeddings with the same local key.
     env.setdefault("RETRIEVAL_EMBEDDINGS_URL", f"http://{host}:{base_port + 1}")
     env.setdefault("RETRIEVAL_EMBEDDINGS_API_KEY", key)
-    env.setdefault("RETRIEVAL_QDRANT_PATH", str(data_dir / "qdrant"))
-    env.setdefault("EMBEDDINGS_CACHE_DIR", str(data_dir / "cache" / "embeddings"))
-    env.setdefault("LOCAL_LLM_CACHE_DIR", str(data_dir / "cache" / "local-llm"))
+    # Every store and cache lies under LLMOPS_DATA_DIR: Qdrant's files, the SQLite key store and
+    # feedback database, the spool, the outbox, the model caches (settings' data_dir).
     # The proxy: the dev key is also its master key; its upstreams are the local services.
     env.setdefault("LLM_PROXY_MASTER_KEY", key)
-    env.setdefault("LLM_PROXY_DATABASE_URL", f"sqlite:///{data_dir / 'llm-proxy.db'}")
     env["LLMOPS_LOCAL_UPSTREAM_KEY"] = key
-    env.setdefault("FEEDBACK_DATABASE_URL", f"sqlite:///{data_dir / 'feedback.db'}")
     # The rag service calls the others with the dev key (the proxy's master key too).
     for name, url_var in (
         ("retrieval", "RETRIEVAL"),
@@ -100,9 +104,7 @@ def up_environment(key: str, data_dir: Path, host: str, base_port: int) -> dict[
             f"RAG_{url_var}_URL", f"http://{host}:{base_port + SERVICES[name].port - 8000}"
         )
         env.setdefault(f"RAG_{url_var}_API_KEY", key)
-    env.setdefault("RAG_OUTBOX_DIR", str(data_dir / "rag-outbox"))
     env.setdefault("RAG_MLFLOW_TRACKING_URI", f"http://{host}:{base_port + MLFLOW_OFFSET}")
-    env.setdefault("FEEDBACK_SPOOL_DIR", str(data_dir / "feedback-spool"))
     if "LLM_PROXY_CONFIG_PATH" not in env:
         path = data_dir / "llm-proxy.yaml"
         write_local_routing(path, host, base_port)
@@ -201,8 +203,19 @@ def up_cmd(
             f"[red]unknown service(s) {unknown}[/]; choose from: {_service_names()}, mlflow"
         )
         raise typer.Exit(2)
+    ports = [
+        base_port + (MLFLOW_OFFSET if name == "mlflow" else SERVICES[name].port - 8000)
+        for name in names
+    ]
+    taken = [port for port in ports if not is_free(port, host)]
+    if taken:
+        console.print(
+            f"[red]port(s) {', '.join(map(str, taken))} on {host} are in use[/]; stop what "
+            "listens there or choose another --base-port"
+        )
+        raise typer.Exit(2)
     key = dev_api_key(data_dir())
-    env = up_environment(key, data_dir(), host, base_port)
+    env = up_environment(key, data_dir().resolve(), host, base_port)
     manager = Manager(Printer(sys.stdout))
     for name in names:
         if name == "mlflow":
@@ -378,11 +391,19 @@ def db_upgrade(
     service: DbService = "all",
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
     database_url: DbURL = None,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for the database to answer.")
+    ] = 60,
 ) -> None:
-    """Migrate the database(s) to the latest schema: a Helm pre-upgrade hook runs this."""
+    """Migrate the database(s) to the latest schema (the chart's migration Job runs this).
+
+    Needs only the database URL; waits for the database, exits 1 with the reason when it
+    cannot, and only says "at revision" once it checked it. Safe to run twice or at once
+    (PostgreSQL advisory locks).
+    """
     from services.cli.db import upgrade
 
-    raise typer.Exit(upgrade(_db_targets(service), revision, database_url))
+    raise typer.Exit(upgrade(_db_targets(service), revision, database_url, wait))
 
 
 @db_app.command("current")

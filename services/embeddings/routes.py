@@ -223,4 +223,5 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
         "object": "list",
         "data": [{"index": i, "tokens": max(0, len(seq) - special)} for i, seq in enumerate(ids)],
         "max_input_tokens": encoder.info.max_tokens,
+        "special_tokens": encoder.info.special_tokens,
     }

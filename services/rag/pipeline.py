@@ -78,6 +78,19 @@ def _trace(interaction_id: str) -> tuple[str, Context]:
     return trace_id, trace.set_span_in_context(NonRecordingSpan(parent))
 
 
+def _said(r: httpx.Response) -> dict[str, Any]:
+    """The platform's error object from an answer, whatever its body (HTML from a proxy, plain
+    text, truncated JSON): the message falls back to the start of the text."""
+    try:
+        err = r.json().get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err
+    except (ValueError, AttributeError):
+        pass
+    text = r.text.strip()[:300]
+    return {"message": text or f"HTTP {r.status_code} with an empty body"}
+
+
 async def _retrieve(state: RagState, ask: Ask, degraded: list[str]) -> list[dict[str, Any]]:
     body: dict[str, Any] = {"query": ask.question, "top_k": ask.top_k}
     if ask.filter:
@@ -87,15 +100,25 @@ async def _retrieve(state: RagState, ask: Ask, degraded: list[str]) -> list[dict
     except httpx.HTTPError as exc:
         return _retrieval_down(state, degraded, type(exc).__name__)
     if r.status_code == 200:
-        results: list[dict[str, Any]] = r.json()["results"]
-        return results
-    if r.status_code in (400, 404):  # the caller's collection or filter: say so as it is
-        err = r.json().get("error", {})
+        try:
+            results: list[dict[str, Any]] = r.json()["results"]
+            return results
+        except (ValueError, KeyError, TypeError):
+            return _retrieval_down(state, degraded, "an unreadable search answer")
+    if r.status_code in (401, 403):  # our key, not the caller's request: an operator's fix
         raise APIError(
-            r.status_code,
-            str(err.get("message", r.text[:300])),
+            502,
+            f"The retrieval service refused the rag service's key ({_said(r)['message']}); "
+            "check RAG_RETRIEVAL_API_KEY.",
+            code="retrieval_auth",
+        )
+    if r.status_code in (400, 404, 413, 422):  # the caller's collection, filter or question
+        err = _said(r)
+        raise APIError(
+            400 if r.status_code == 422 else r.status_code,
+            str(err["message"]),
             param="filter" if err.get("param") == "filter" else "collection",
-            code=err.get("code"),
+            code=err.get("code") or "invalid_value",
         )
     return _retrieval_down(state, degraded, f"HTTP {r.status_code}")
 
@@ -188,10 +211,7 @@ def _chat_body(state: RagState, p: Prepared, stream: bool) -> dict[str, Any]:
 
 
 def _llm_error(r: httpx.Response) -> APIError:
-    try:
-        message = str(r.json()["error"]["message"])
-    except Exception:
-        message = r.text[:300]
+    message = str(_said(r)["message"])
     if r.status_code == 429:
         return APIError(
             429,
@@ -236,9 +256,16 @@ async def _answer(state: RagState, p: Prepared) -> dict[str, Any]:
         if r.status_code != 200:
             raise _llm_error(r)
         p.timings["llm"] = time.perf_counter() - t
-        data = r.json()
+        try:
+            data = r.json()
+            text = (data["choices"][0]["message"].get("content") or "").strip()
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise APIError(
+                502,
+                f"The LLM proxy answered with no readable completion: {r.text[:200]!r}",
+                code="upstream_error",
+            ) from None
         span.set_attribute("gen_ai.request.model", state.settings.model)
-    text = (data["choices"][0]["message"].get("content") or "").strip()
     return finish(
         state, p, text, data.get("usage"), r.headers.get("x-llmops-deployment"), data.get("model")
     )
@@ -268,7 +295,14 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
                 payload = line[5:].strip()
                 if payload == "[DONE]":
                     break
-                event = orjson.loads(payload)
+                try:
+                    event = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise APIError(
+                        502,
+                        f"The LLM proxy sent an unreadable stream event: {payload[:200]!r}",
+                        code="upstream_error",
+                    ) from None
                 if "error" in event:
                     raise APIError(
                         502,

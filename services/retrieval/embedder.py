@@ -34,6 +34,7 @@ class EmbeddingsClient:
         self.model = settings.embeddings_model
         self.batch = settings.embed_batch_size
         self._parallel = asyncio.Semaphore(4)
+        self._input_limit: int | None = None
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -73,12 +74,28 @@ class EmbeddingsClient:
         raise EmbeddingsUnavailable(f"the embeddings service does not serve '{self.model}'")
 
     async def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text in the model's tokenizer, special tokens excluded."""
         out: list[int] = []
         for i in range(0, len(texts), 2048):
             body = {"input": texts[i : i + 2048], "add_special_tokens": False}
             data = await self._post("/v1/tokenize", body)
             out.extend(int(d["tokens"]) for d in data["data"])  # type: ignore[attr-defined]
+            self._note_limit(data)
         return out
+
+    async def input_limit(self) -> int:
+        """The most tokens a text may have (special tokens excluded) for the model to take it
+        whole; learnt from the tokenize answers, so a model swap is noticed on the next one."""
+        if self._input_limit is None:
+            await self.count_tokens([""])
+        assert self._input_limit is not None
+        return self._input_limit
+
+    def _note_limit(self, data: dict[str, object]) -> None:
+        max_input = data.get("max_input_tokens")
+        if isinstance(max_input, int):
+            special = data.get("special_tokens")
+            self._input_limit = max_input - (special if isinstance(special, int) else 2)
 
     async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         async with self._parallel:

@@ -133,7 +133,11 @@ class Ingestor:
         blocks = await asyncio.to_thread(load, content, content_type)
         s = self.settings
         chunks = await chunk_blocks(
-            blocks, self.embedder.count_tokens, s.chunk_tokens, s.chunk_overlap_tokens
+            blocks,
+            self.embedder.count_tokens,
+            s.chunk_tokens,
+            s.chunk_overlap_tokens,
+            await self.embedder.input_limit(),
         )
         vectors = await self.embedder.embed([c.embed_text for c in chunks])
         now = time.time()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -54,6 +55,48 @@ def _retry_after(exc: BaseException) -> float | None:
     if isinstance(exc, UnexpectedResponse):
         return retry_after_seconds(exc.headers.get("retry-after"))
     return None
+
+
+def _qdrant_message(exc: UnexpectedResponse) -> str:
+    """What Qdrant said: ``{"status": {"error": "..."}}`` in its REST answers."""
+    try:
+        body = orjson.loads(exc.content)
+        message = body["status"]["error"] if isinstance(body["status"], dict) else body["status"]
+        return str(message)[:500]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        text = exc.content.decode("utf-8", "replace").strip()[:300]
+        return text or exc.reason_phrase or f"HTTP {exc.status_code}"
+
+
+def _refused(operation: str, exc: UnexpectedResponse) -> APIError:
+    """A Qdrant 4xx as the answer it means for our caller, with Qdrant's own words."""
+    status = exc.status_code or 400
+    said = _qdrant_message(exc)
+    if status in (401, 403):
+        return APIError(
+            502,
+            f"Qdrant refused the retrieval service's credentials ({operation}): {said}. "
+            "Check RETRIEVAL_QDRANT_API_KEY.",
+            code="vector_store_auth",
+        )
+    if status in (400, 422):
+        return APIError(
+            400, f"The vector store refused the request ({operation}): {said}", code="invalid_value"
+        )
+    if status == 404:
+        return APIError(404, f"Not found in the vector store: {said}", code="not_found")
+    if status == 409:
+        return APIError(409, f"The vector store reports a conflict: {said}", code="conflict")
+    if status == 413:
+        return APIError(
+            413,
+            f"The vector store refused a request this large ({operation}): {said}. Send fewer "
+            "or smaller documents per request.",
+            code="request_too_large",
+        )
+    return APIError(
+        502, f"The vector store answered {status} ({operation}): {said}", code="vector_store_error"
+    )
 
 
 @dataclass(frozen=True)
@@ -131,6 +174,8 @@ class QdrantStore:
                     code="vector_store_unavailable",
                     headers={"Retry-After": str(int(_retry_after(exc) or 2))},
                 ) from exc
+            if isinstance(exc, UnexpectedResponse) and 400 <= (exc.status_code or 0) < 500:
+                raise _refused(operation, exc) from exc
             raise
         raise AssertionError("unreachable")
 
@@ -234,6 +279,8 @@ class QdrantStore:
     @staticmethod
     def is_missing_collection(exc: BaseException) -> bool:
         """Qdrant's 'no such collection' (server: 404; local mode: ValueError)."""
+        if isinstance(exc, APIError):
+            return exc.status_code == 404
         if isinstance(exc, UnexpectedResponse):
             return exc.status_code == 404
         return isinstance(exc, ValueError) and "not found" in str(exc).lower()

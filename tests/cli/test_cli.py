@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import httpx
 
+from services.common import ports
 from tests.conftest import API_KEY, API_KEY_HASH, ROOT, clean_env, free_port
 
 LLMOPS = [sys.executable, "-m", "services.cli.main"]
@@ -23,15 +23,6 @@ def run(
         [*LLMOPS, *args], cwd=ROOT, env=env or clean_env(), input=stdin,
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_hash_key_matches_configured_digest() -> None:
@@ -53,10 +44,7 @@ def test_serve_with_bad_config_exits_2_with_one_clear_line() -> None:
 
 def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     # embeddings on base + 1, ... feedback + 5, rag + 6, mlflow + 10
-    while True:
-        base = free_port() - 1
-        if 2000 < base < 65000 and all(_free(base + i) for i in (1, 2, 3, 4, 5, 6, 10)):
-            break
+    base = ports.free_base_port([1, 2, 3, 4, 5, 6, 10])
     env = clean_env(LLMOPS_DATA_DIR=str(tmp_path))
     log = (tmp_path / "up.log").open("wb")
     cmd = [*LLMOPS, "up", "--base-port", str(base)]
@@ -130,3 +118,31 @@ def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         raise AssertionError("the service is still running after Ctrl-C")
     except httpx.HTTPError:
         pass
+
+
+def test_up_refuses_ports_in_use_and_the_demo_starts_again_elsewhere(tmp_path: Path) -> None:
+    """A port taken before the platform binds it (another server asked for that very number)
+    must not fail the demo: it starts the platform again on other ports."""
+    import socket as sockets
+
+    from services.cli.demo import _start_platform, _stop
+
+    offsets = [1, 2, 3, 4, 5, 6, 10]
+    taken = ports.free_base_port(offsets)
+    with sockets.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken + 3))  # the proxy's port
+        squatter.listen()
+        env = clean_env(LLMOPS_DATA_DIR=str(tmp_path), LLMOPS_API_KEY=API_KEY)
+        r = run("up", "--base-port", str(taken), env=env)
+        assert r.returncode == 2 and f"{taken + 3}" in r.stderr and "in use" in r.stderr
+
+        bases = iter([taken, ports.free_base_port(offsets)])
+        log = tmp_path / "platform.log"
+        base, proc = _start_platform(env, log, choose=lambda: next(bases))
+        try:
+            assert base != taken and proc.poll() is None
+            r = httpx.get(f"http://127.0.0.1:{base + 3}/healthz", timeout=5)
+            assert r.status_code == 200
+            assert log.read_text().count("in use") == 1  # the first attempt, then this one
+        finally:
+            _stop(proc)

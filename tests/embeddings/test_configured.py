@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ServiceProcess, assert_error
+from tests.conftest import ServiceProcess, assert_error, metric
 from tests.embeddings.conftest import MODEL
 from tests.fakes.otlp import OtlpReceiver
 
@@ -102,7 +102,8 @@ def test_full_queue_answers_429_with_retry_after(tuned: ServiceProcess) -> None:
     ready = httpx.get(f"{tuned.url}/readyz").json()
     assert ready["queue_depth"] == 0
     text = httpx.get(f"{tuned.url}/metrics").text
-    assert "llmops_embeddings_queue_rejections_total" in text
+    # Every 429 was counted, once (the name alone is in the text from the start).
+    assert metric(text, "llmops_embeddings_queue_rejections_total") == statuses.count(429)
 
 
 def test_spans_exported_over_otlp(tuned: ServiceProcess, otlp: OtlpReceiver) -> None:

@@ -211,7 +211,7 @@ def test_prompt_comes_from_the_registry_alias_moves_and_registry_outages(
         "rag",
         **platform.rag_env(
             tmp_path,
-            ENV="staging",
+            RAG_PROMPT_ALIAS="staging",  # what ENV=staging picks (see test_registry.py)
             RAG_MLFLOW_TRACKING_URI=restartable_mlflow.url,
             RAG_PROMPT_TTL_S="0.5",
         ),

@@ -142,7 +142,7 @@ def test_collections_list_and_delete(api: httpx.Client) -> None:
 
 
 def _routes() -> list[tuple[str, str]]:
-    app = create_app(RetrievalSettings(api_key_hashes=[API_KEY_HASH]))
+    app = create_app(RetrievalSettings(env="dev", api_key_hashes=[API_KEY_HASH]))
     out = set()
     for path, ops in app.openapi()["paths"].items():
         for method in ops:

@@ -1,29 +1,20 @@
 """Failures: the embeddings service going away mid-life, and a Qdrant server that errors.
 
 A Qdrant server cannot run on our machines, so the server path is driven by a real HTTP server
-with scripted faults that speaks the few REST calls involved.
+with scripted faults that speaks the few REST calls involved (tests/fakes/qdrant.py).
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import (
-    API_KEY_HASH,
-    ServiceProcess,
-    assert_error,
-    auth_headers,
-    free_port,
-    metric,
-)
+from tests.conftest import API_KEY_HASH, ServiceProcess, assert_error, auth_headers, metric
+from tests.fakes.qdrant import FakeQdrant
 from tests.retrieval.conftest import ingest, make_collection, retrieval_env
 
 
@@ -57,44 +48,6 @@ def test_embeddings_down_during_ingest_leaves_documents_whole(
         assert "retry-after" in r.headers
         # Creating a collection needs the vector size from the embeddings service too.
         assert_error(api.post("/v1/collections", json={"name": "g"}), 503, "embeddings_unavailable")
-
-
-class FakeQdrant:
-    """Answers Qdrant's REST API for listing collections, failing as scripted."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, str]]] = []
-        self.calls = 0
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path in ("/", ""):
-                    self._send(200, {"title": "qdrant", "version": "1.15.0"}, {})
-                    return
-                fake.calls += 1
-                if fake.script:
-                    status, headers = fake.script.pop(0)
-                    self._send(status, {"status": {"error": "scripted"}, "time": 0}, headers)
-                    return
-                self._send(200, {"result": {"collections": []}, "status": "ok", "time": 0}, {})
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +91,36 @@ def test_persistent_qdrant_errors_become_503(
     err = assert_error(r, 503, "vector_store_unavailable")
     assert "retry" in err["message"].lower() and int(r.headers["retry-after"]) >= 1
     fake_qdrant.script = []
-    # A client error is not retried.
-    fake_qdrant.script = [(400, {})]
+
+
+@pytest.mark.parametrize(
+    ("qdrant_status", "body", "status", "code", "words"),
+    [
+        (400, {"status": {"error": "Wrong input: bad"}}, 400, "invalid_value", "Wrong input"),
+        (422, {"status": {"error": "Format error"}}, 400, "invalid_value", "Format error"),
+        (401, {"status": {"error": "Must provide an API key"}}, 502, "vector_store_auth",
+         "RETRIEVAL_QDRANT_API_KEY"),
+        (403, b"<html>Forbidden by the ingress</html>", 502, "vector_store_auth", "Forbidden"),
+        (404, {"status": {"error": "Not found: nope"}}, 404, "not_found", "Not found"),
+        (409, {"status": {"error": "already exists"}}, 409, "conflict", "already exists"),
+        (413, b"Payload Too Large", 413, "request_too_large", "Payload Too Large"),
+        (418, b"", 502, "vector_store_error", "418"),
+    ],
+)  # fmt: skip
+def test_qdrant_client_errors_keep_their_meaning_and_message(
+    server_mode: ServiceProcess,
+    fake_qdrant: FakeQdrant,
+    qdrant_status: int,
+    body: Any,
+    status: int,
+    code: str,
+    words: str,
+) -> None:
+    """A Qdrant 4xx is not retried and not a generic 500: the caller's mistake stays a 4xx,
+    our credentials or a proxy in the way become a 502, each with what Qdrant said."""
+    fake_qdrant.script = [(qdrant_status, {}, body)]
     fake_qdrant.calls = 0
     r = httpx.get(f"{server_mode.url}/v1/collections", headers=auth_headers())
-    assert r.status_code == 500 and fake_qdrant.calls == 1
+    err = assert_error(r, status, code)
+    assert words in err["message"], err
+    assert fake_qdrant.calls == 1
