@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from services.common.auth import AuthMiddleware
 from services.common.errors import error_response, install_exception_handlers
+from services.common.lifecycle import Lifecycle
 from services.common.logging import setup_logging
 from services.common.metrics import Metrics, mark_worker_dead
 from services.common.middleware import (
@@ -34,13 +35,24 @@ Readiness = Callable[[FastAPI], Awaitable[tuple[bool, dict[str, Any]]]]
 health_router = APIRouter(tags=["health"])
 
 
-@health_router.get("/healthz", summary="Liveness: the process answers.")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@health_router.get(
+    "/healthz", summary="Liveness: 503 when a loop the service needs has died (restart it)."
+)
+async def healthz(request: Request) -> Response:
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    dead = lifecycle.dead()
+    if dead:
+        return error_response(503, f"Not alive: {'; '.join(dead)}.", code="not_alive")
+    return Response(content=b'{"status":"ok"}', media_type="application/json")
 
 
 @health_router.get("/readyz", summary="Readiness: the service's dependencies are ready.")
 async def readyz(request: Request) -> Response:
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    if lifecycle.stopping:
+        return error_response(
+            503, "Not ready: shutting down.", code="shutting_down", headers={"Retry-After": "1"}
+        )
     check: Readiness = request.app.state.readiness
     ready, detail = await check(request.app)
     if ready:
@@ -84,11 +96,12 @@ def build_app(
         app.state.tracer_provider = provider
         app.state.tracer = provider.get_tracer(f"llmops.{settings.service_name}")
         try:
-            if lifespan is None:
-                yield
-            else:
-                async with lifespan(app):
+            with app.state.lifecycle.signals():
+                if lifespan is None:
                     yield
+                else:
+                    async with lifespan(app):
+                        yield
         finally:
             provider.shutdown()
             mark_worker_dead()
@@ -103,6 +116,7 @@ def build_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.readiness = readiness
+    app.state.lifecycle = Lifecycle(settings.shutdown_delay_s, settings.graceful_shutdown_s)
     install_exception_handlers(app)
     app.include_router(health_router)
     # Added innermost first: requests pass context -> body limit -> auth -> routes.

@@ -6,11 +6,15 @@ services can share one PostgreSQL database without stepping on each other's hist
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
@@ -66,3 +70,64 @@ def current_revision(engine: Engine, version_table: str = "alembic_version") -> 
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": version_table})
         return ctx.get_current_revision()
+
+
+class SchemaBehind(Exception):
+    """The database is older than this code's migrations; the message says what to run."""
+
+
+def check_schema(engine: Engine, migrations: Path, *, version_table: str, service: str) -> None:
+    """Raise :class:`SchemaBehind` unless the database is at (or past) this code's head.
+
+    Past it is fine: during a rolling upgrade the new version's Job migrates first and the old
+    pods keep serving on the newer schema (migrations only add, then remove in a later release).
+    """
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations))
+    script = ScriptDirectory.from_config(cfg)
+    heads = set(script.get_heads())
+    current = current_revision(engine, version_table)
+    if current in heads:
+        return
+    fix = f"run `llmops db upgrade {service}` (the chart's migration Job)"
+    if current is None:
+        raise SchemaBehind(f"the {service} database was never migrated: {fix}")
+    try:
+        script.get_revision(current)
+    except Exception:  # a revision this code does not know: a newer release migrated it
+        return
+    raise SchemaBehind(
+        f"the {service} schema is at revision {current}, this version needs "
+        f"{', '.join(sorted(heads))}: {fix}"
+    )
+
+
+class SchemaGate:
+    """Readiness of a service whose tables a migration Job owns: checked until it passes, at
+    most every ``interval_s``; once at head it is not asked again."""
+
+    def __init__(
+        self, check: Callable[[], None], *, passed: bool = False, interval_s: float = 2.0
+    ) -> None:
+        self.check = check
+        self.interval_s = interval_s
+        self.ok = passed  # True: migrated at start by this very process (dev)
+        self.reason: str | None = None if passed else "the schema has not been checked yet"
+        self._next = 0.0
+
+    async def blocked(self) -> str | None:
+        """Why the service must stay unready (the schema behind, the database unreachable)."""
+        if self.ok:
+            return None
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.interval_s
+            try:
+                await asyncio.to_thread(self.check)
+            except SchemaBehind as exc:
+                self.reason = str(exc)
+            except Exception as exc:
+                self.reason = f"the database does not answer ({type(exc).__name__})"
+            else:
+                self.ok, self.reason = True, None
+        return self.reason

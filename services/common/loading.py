@@ -55,7 +55,9 @@ def model_lifespan(
 ) -> Lifespan:
     """A lifespan that runs ``load`` in the background and ``stop`` at shutdown.
 
-    A failed load is kept in ``app.state.load_error`` for the readiness check to report.
+    A failed load is kept in ``app.state.load_error`` for the readiness check to report, and
+    fails liveness: it does not come back without a restart (``load`` retries on its own what
+    may, such as a registry that is down).
     """
 
     @contextlib.asynccontextmanager
@@ -67,6 +69,7 @@ def model_lifespan(
                 await load(app)
             except Exception as exc:
                 app.state.load_error = f"{type(exc).__name__}: {exc}"
+                app.state.lifecycle.fatal(f"the model failed to load ({app.state.load_error})")
                 log.exception("model failed to load")
 
         loader = asyncio.create_task(guarded(), name="load-model")

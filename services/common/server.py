@@ -26,8 +26,11 @@ class ServiceSpec:
         cls: type[ServiceSettings] = getattr(importlib.import_module(module), attr)
         return cls
 
+    def env_prefix(self) -> str:
+        return str(self.settings_cls().model_config.get("env_prefix", ""))
 
-# Every service of the platform, with its default port. Later services add themselves here.
+
+# Every service of the platform, with its default port (also its settings' ``default_port``).
 SERVICES: dict[str, ServiceSpec] = {
     "embeddings": ServiceSpec(
         "embeddings",
@@ -77,8 +80,18 @@ def load_settings(spec: ServiceSpec) -> ServiceSettings:
         raise SystemExit(2) from exc
 
 
-def serve(spec: ServiceSpec, *, host: str, port: int, workers: int) -> None:
+def serve(
+    spec: ServiceSpec,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+) -> None:
+    """Run one service; ``host``, ``port`` and ``workers`` override its settings (CLI flags)."""
     settings = load_settings(spec)
+    host = host or settings.host
+    port = port or settings.port
+    workers = workers or settings.workers
     limit = settings.worker_limit()
     if limit is not None and workers > limit[0]:
         print(
@@ -90,6 +103,7 @@ def serve(spec: ServiceSpec, *, host: str, port: int, workers: int) -> None:
     setup_logging(settings.log_level)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its samples here; /metrics sums them (see common/metrics.py).
+        # Under TMPDIR, one of the directories a read-only root filesystem leaves writable.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"llmops-{spec.name}-")
     common = {
         "host": host,
@@ -97,7 +111,8 @@ def serve(spec: ServiceSpec, *, host: str, port: int, workers: int) -> None:
         "log_config": None,
         "access_log": False,
         "server_header": False,
-        "timeout_graceful_shutdown": 30,
+        # In-flight requests get this long after the listener closes (see common/lifecycle.py).
+        "timeout_graceful_shutdown": max(1, round(settings.graceful_shutdown_s)),
     }
     if workers > 1:
         uvicorn.run(spec.factory, factory=True, workers=workers, **common)  # type: ignore[arg-type]
@@ -105,3 +120,16 @@ def serve(spec: ServiceSpec, *, host: str, port: int, workers: int) -> None:
         module, _, attr = spec.factory.partition(":")
         app = getattr(importlib.import_module(module), attr)(settings)
         uvicorn.run(app, **common)  # type: ignore[arg-type]
+
+
+def main(name: str) -> None:
+    """``python -m services.<name>``: the service alone, configured by its environment only
+    (the images' command; the CLI and its dependencies are not imported)."""
+    if len(sys.argv) > 1:
+        print(
+            f"usage: python -m {SERVICES[name].factory.split('.app:')[0]} (no arguments: every "
+            f"setting comes from the environment, e.g. {SERVICES[name].env_prefix()}PORT)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    serve(SERVICES[name])

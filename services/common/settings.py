@@ -11,10 +11,12 @@ all of them:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -72,6 +74,8 @@ class ServiceSettings(BaseSettings):
 
     # False for a service that authenticates callers itself (the LLM proxy's virtual keys).
     static_api_keys: ClassVar[bool] = True
+    # The port a service listens on when PORT is not set (see common/server.py).
+    default_port: ClassVar[int] = 8000
 
     env: Environment = Field(
         "production",
@@ -93,6 +97,39 @@ class ServiceSettings(BaseSettings):
         None, description="Comma-separated key=value headers, e.g. 'Authorization=Basic ...'."
     )
 
+    # Serving. Each of these also falls back to LLMOPS_<NAME> (one setting for every service
+    # of an image or a pod), then to the default.
+    host: str = Field("127.0.0.1", description="Address to bind; the images set 0.0.0.0.")
+    port: int = Field(0, ge=0, le=65535, description="0: the service's own port.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes.")
+    data_dir: Path = Field(
+        Path(".llmops"),
+        description="Every path a service writes by default lies under it (stores of dev mode, "
+        "spools, caches); made absolute at start. The images set /data.",
+    )
+    shutdown_delay_s: float = Field(
+        5.0,
+        ge=0,
+        description="After SIGTERM, readiness answers 503 and requests are still served this "
+        "long, so the endpoint is gone from every load balancer before the listener closes "
+        "(0 by default with ENV=dev).",
+    )
+    graceful_shutdown_s: float = Field(
+        30.0,
+        gt=0,
+        description="Then in-flight requests (streams included) get this long to finish; the "
+        "drains (spend, spool, outbox) get what is left of it, and at least 5 s.",
+    )
+
+    _SHARED: ClassVar[tuple[str, ...]] = (
+        "host",
+        "workers",
+        "data_dir",
+        "shutdown_delay_s",
+        "graceful_shutdown_s",
+        "log_level",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -104,6 +141,17 @@ class ServiceSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         files = FileEnvSource(settings_cls, case_sensitive=False)
         return (init_settings, env_settings, files, dotenv_settings, file_secret_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shared_env(cls, data: Any) -> Any:
+        """``LLMOPS_HOST`` and friends, for what the service's own prefix does not set."""
+        if not isinstance(data, dict):
+            return data
+        for name in cls._SHARED:
+            if name not in data and f"LLMOPS_{name.upper()}" in os.environ:
+                data[name] = os.environ[f"LLMOPS_{name.upper()}"]
+        return data
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod
@@ -133,6 +181,43 @@ class ServiceSettings(BaseSettings):
         """At most how many worker processes this configuration supports, and why; None: any."""
         return None
 
+    def fill_defaults(self) -> None:
+        """Defaults that depend on other settings (paths under ``data_dir``, what ``ENV=dev``
+        turns on); subclasses extend it. Runs before the checks below."""
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.port == 0:
+            self.port = self.default_port
+        if "shutdown_delay_s" not in self.model_fields_set and self.env == "dev":
+            self.shutdown_delay_s = 0.0
+
+    def under_data_dir(self, **paths: str) -> None:
+        """Each named path field that was not configured becomes ``data_dir / <relative>``."""
+        for name, relative in paths.items():
+            if name not in self.model_fields_set:
+                setattr(self, name, self.data_dir / relative)
+
+    def replica_unsafe(self) -> list[str]:
+        """What in this configuration only works for one replica on one machine, each as a
+        sentence naming the setting to change; refused outside ``ENV=dev``."""
+        return []
+
+    def env_name(self, field: str) -> str:
+        """The environment variable of a field, e.g. ``RETRIEVAL_QDRANT_URL``."""
+        return f"{self.model_config.get('env_prefix', '')}{field}".upper()
+
+    def loopback_urls(self, *fields: str) -> list[str]:
+        """A ``replica_unsafe`` sentence for each URL field that points at this machine: in a
+        pod, loopback is the pod itself, not the service it names."""
+        out = []
+        for field in fields:
+            url = getattr(self, field)
+            if url and is_loopback(str(url)):
+                out.append(
+                    f"{self.env_name(field)} is {url}, a loopback address: in a pod that is the "
+                    "pod itself; set the other service's address (its Kubernetes Service name)"
+                )
+        return out
+
     @model_validator(mode="after")
     def _standard_otel_env(self) -> ServiceSettings:
         """Fall back to the standard OTEL_EXPORTER_OTLP_* variables an operator may already set."""
@@ -145,7 +230,15 @@ class ServiceSettings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> ServiceSettings:
         prefix = self.model_config.get("env_prefix", "")
+        self.fill_defaults()
         if self.env != "dev":
+            problems = self.replica_unsafe()
+            if problems:
+                raise SettingsError(
+                    f"refusing to start with ENV={self.env}: "
+                    + "; ".join(problems)
+                    + " (ENV=dev allows all of this on one machine)"
+                )
             for name in type(self).model_fields:
                 value = getattr(self, name)
                 if isinstance(value, SecretStr) and (
@@ -167,6 +260,18 @@ class ServiceSettings(BaseSettings):
                 f"{prefix}AUTH_DISABLED=true for local work"
             )
         return self
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL names this machine (localhost, 127.0.0.0/8, ::1, 0.0.0.0)."""
+    host = (urlsplit(url if "://" in url else f"//{url}").hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def settings_error_text(exc: BaseException) -> str:

@@ -42,10 +42,23 @@ class Segment:
             self.handle.close()
 
 
+DEAD_LETTER = "dead-letter.jsonl"
+
+
 class Spool:
-    def __init__(self, directory: Path, max_segment_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        max_segment_bytes: int = 64 * 1024 * 1024,
+        dead_letter_max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.directory = directory
         self.max_segment_bytes = max_segment_bytes
+        self.dead_letter_path = directory / DEAD_LETTER
+        self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.dead_letters = 0  # entries in the dead-letter file
+        self.dead_letter_bytes = 0
+        self.dead_letters_dropped = 0  # refused ops not kept: the file was full
         self._active: Segment | None = None
         self._active_bytes = 0
         self.depth = 0  # ops appended by this process (or adopted) and not yet drained
@@ -54,6 +67,11 @@ class Spool:
     def open(self) -> None:
         """Create the folder and count what earlier lives left behind (and nobody holds)."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            data = self.dead_letter_path.read_bytes()
+            self.dead_letters, self.dead_letter_bytes = data.count(b"\n"), len(data)
+        except FileNotFoundError:
+            pass
         for path in self.pending_files():
             try:
                 with path.open("rb") as fh:
@@ -173,12 +191,24 @@ class Spool:
         # The next segment's name is its creation time: the age of what now waits longest.
         self.oldest_at = int(left[0].name.split("-", 1)[0]) / 1e9 if self.depth and left else None
 
-    def dead_letter(self, op: dict[str, Any], reason: str) -> None:
-        """An op the database refused at drain time (e.g. feedback on an interaction nobody
-        recorded): kept, with the reason, for an operator; never silently dropped."""
-        path = self.directory / "dead-letter.jsonl"
+    def dead_letter(self, op: dict[str, Any], reason: str) -> bool:
+        """An op refused for good at drain time (e.g. feedback on an interaction nobody ever
+        recorded): kept with the reason for an operator, up to ``dead_letter_max_bytes`` so a
+        flood of refusals cannot fill the volume the spool needs. Past that the op is dropped,
+        logged (its keys, not its content) and counted; False then."""
         line = orjson.dumps({"reason": reason, "at": time.time(), "op": op}) + b"\n"
-        with path.open("ab") as fh:
+        if self.dead_letter_bytes + len(line) > self.dead_letter_max_bytes:
+            self.dead_letters_dropped += 1
+            ids = [row.get("id") for row in op.get("rows", []) if isinstance(row, dict)]
+            log.error(
+                "dead-letter file full: refused op dropped",
+                extra={"path": str(self.dead_letter_path), "op": op.get("op"), "ids": ids},
+            )
+            return False
+        with self.dead_letter_path.open("ab") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+        self.dead_letters += 1
+        self.dead_letter_bytes += len(line)
+        return True

@@ -62,7 +62,7 @@ async def _load(app: FastAPI) -> None:
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue_texts=settings.max_queue_texts,
     )
-    batcher.start()
+    app.state.lifecycle.watch("embedding batcher", batcher.start())
     app.state.loaded_at = int(time.time())
     app.state.batcher = batcher
     app.state.encoder = encoder

@@ -124,8 +124,9 @@ class Batcher:
             "embeddings_queue_rejections_total", "Requests refused with 429 (queue full)."
         )
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="embed-batcher")
+        return self._task
 
     async def stop(self) -> None:
         self._stopped = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -15,6 +15,7 @@ from services.embeddings.mlflow_model import parse_model_uri
 
 class EmbeddingsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="EMBEDDINGS_")
+    default_port: ClassVar[int] = 8001
 
     service_name: str = "embeddings"
 
@@ -39,8 +40,9 @@ class EmbeddingsSettings(ServiceSettings):
     backend: Literal["torch", "onnx"] = "torch"
     onnx_quantization: Literal["fp32", "int8"] = "fp32"
     cache_dir: Path = Field(
-        Path(".llmops/cache/embeddings"),
-        description="Where the ONNX export and the model versions fetched from MLflow are kept.",
+        Path("cache/embeddings"),
+        description="Where the ONNX export and the model versions fetched from MLflow are kept; "
+        "default: DATA_DIR/cache/embeddings.",
     )
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; unset: cores.")
     matryoshka_dims: list[int] = Field(
@@ -59,6 +61,13 @@ class EmbeddingsSettings(ServiceSettings):
     max_batch_tokens: int = Field(16384, ge=1, description="Padded tokens per batch.")
     max_wait_ms: float = Field(5.0, ge=0)
     max_queue_texts: int = Field(4096, ge=1, description="Texts waiting or running; past it, 429.")
+
+    def fill_defaults(self) -> None:
+        super().fill_defaults()
+        self.under_data_dir(cache_dir="cache/embeddings")
+
+    def replica_unsafe(self) -> list[str]:
+        return self.loopback_urls("mlflow_tracking_uri") if self.model_uri else []
 
     @field_validator("model_uri", "mlflow_tracking_uri", mode="before")
     @classmethod

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +15,13 @@ from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.app import build_app
-from services.common.db import make_engine
+from services.common.db import SchemaBehind, make_engine
 from services.common.metrics import Metrics
 from services.common.spool import Spool
 from services.feedback import routes
 from services.feedback.committer import Committer, Mode, is_outage
 from services.feedback.config import FeedbackSettings
-from services.feedback.db import migrate
+from services.feedback.db import check_schema, migrate
 from services.feedback.langfuse import LangfuseForwarder
 from services.feedback.state import FeedbackState
 from services.feedback.store import Written
@@ -41,6 +41,9 @@ class FeedbackMetrics:
     drain_lag: Gauge
     spooled: Counter
     dead_letter: Counter
+    dead_letter_entries: Gauge
+    dead_letter_dropped: Gauge
+    deferred_depth: Gauge
     langfuse_sent: Counter
     langfuse_failures: Counter
 
@@ -84,6 +87,24 @@ class FeedbackMetrics:
                 "feedback_dead_letter_total",
                 "Spooled writes the database refused at drain time (kept in dead-letter.jsonl).",
                 ["code"],
+            ),
+            dead_letter_entries=m.gauge(
+                "feedback_dead_letter_entries",
+                "Entries in the dead-letter file (its path in the label), from every life of "
+                "this spool volume; an operator's to read and clear.",
+                ["path"],
+                multiprocess_mode="livemax",
+            ),
+            dead_letter_dropped=m.gauge(
+                "feedback_dead_letter_dropped",
+                "Refused writes not kept since start: the dead-letter file was at "
+                "FEEDBACK_DEAD_LETTER_MAX_BYTES.",
+                multiprocess_mode="livesum",
+            ),
+            deferred_depth=m.gauge(
+                "feedback_deferred_depth",
+                "Spooled feedback waiting for its interaction to reach the database (tried "
+                "again every FEEDBACK_ORPHAN_RETRY_S).",
             ),
             langfuse_sent=m.counter("feedback_langfuse_forwarded_total", "Scores sent."),
             langfuse_failures=m.counter(
@@ -133,19 +154,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool_size=settings.db_pool_size,
         connect_timeout_s=settings.db_connect_timeout_s,
     )
-    database_up = True
-    pending_migration = False
-    if settings.auto_migrate:
-        try:
-            await asyncio.to_thread(migrate, engine)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            # Start anyway: writes spool, and the migrations run once the database answers.
-            log.error("database unreachable at start (%s): writes will spool", type(exc).__name__)
-            database_up, pending_migration = False, True
-    spool = Spool(settings.spool_dir)
+    # Before anything is written: the migrations (dev), or the check that the migration Job
+    # ran. Either may wait for the database; writes spool meanwhile, nothing crash-loops.
+    prepare: Callable[[], None] = (
+        (lambda: migrate(engine)) if settings.auto_migrate else (lambda: check_schema(engine))
+    )
+    first_error: Exception | None = None
+    try:
+        await asyncio.to_thread(prepare)
+    except SchemaBehind as exc:
+        log.error("not ready: %s", exc)
+        first_error = exc
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        log.error("database unreachable at start (%s): writes will spool", type(exc).__name__)
+        first_error = exc
+    spool = Spool(settings.spool_dir, dead_letter_max_bytes=settings.dead_letter_max_bytes)
+    deferred = Spool(settings.spool_dir / "deferred")
     await asyncio.to_thread(spool.open)
+    await asyncio.to_thread(deferred.open)
+    metrics.dead_letter_entries.labels(str(spool.dead_letter_path)).set(spool.dead_letters)
 
     def on_mode(mode: Mode) -> None:
         for m in MODES:
@@ -153,8 +182,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     def on_spool(s: Spool, added: int) -> None:
         metrics.spool_depth.set(s.depth)
+        metrics.deferred_depth.set(deferred.depth)
         if added:
             metrics.spooled.inc(added)
+
+    def on_rejected(code: str) -> None:
+        metrics.dead_letter.labels(code).inc()
+        metrics.dead_letter_entries.labels(str(spool.dead_letter_path)).set(spool.dead_letters)
+        metrics.dead_letter_dropped.set(spool.dead_letters_dropped)
 
     state: FeedbackState
 
@@ -169,11 +204,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_written=on_written,
         on_mode=on_mode,
         on_spool=on_spool,
-        on_rejected=lambda code: metrics.dead_letter.labels(code).inc(),
+        on_rejected=on_rejected,
         max_batch=settings.max_batch,
         probe_interval_s=settings.probe_interval_s,
-        prepare=(lambda: migrate(engine)) if pending_migration else None,
+        prepare=prepare if first_error is not None else None,
+        deferred=deferred,
+        orphan_window_s=settings.orphan_window_s,
+        orphan_retry_s=settings.orphan_retry_s,
     )
+    committer.prepare_error = first_error
     forwarder = None
     if settings.langfuse_enabled:
         assert settings.langfuse_host and settings.langfuse_public_key
@@ -192,9 +231,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.feedback = state
     on_mode("direct")
-    committer.start(database_up=database_up)
+    lifecycle = app.state.lifecycle
+    lifecycle.watch("feedback committer", committer.start(database_up=first_error is None))
     if forwarder is not None:
-        forwarder.start()
+        lifecycle.watch("Langfuse forwarder", forwarder.start())
     publisher = asyncio.create_task(_publish_lag(spool, metrics), name="spool-gauges")
     log.info(
         "feedback ready",
@@ -208,7 +248,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         publisher.cancel()
-        await committer.stop()
+        await committer.stop(lifecycle.drain_budget())
         if forwarder is not None:
             await forwarder.stop()
         engine.dispose()
@@ -222,12 +262,16 @@ async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
     if state is None:
         return False, {"reason": "starting"}
     c = state.committer
+    if isinstance(c.prepare_error, SchemaBehind):  # a deploy-order problem: stay out of the pool
+        return False, {"reason": str(c.prepare_error)}
     detail: dict[str, Any] = {
         "write_mode": c.mode,
         "database": "ok"
         if c.mode == "direct"
         else ("unreachable" if c.mode == "spooling" else "ok, draining the spool"),
         "spool_depth": c.spool.depth,
+        "deferred_depth": c.deferred.depth if c.deferred is not None else 0,
+        "dead_letters": c.spool.dead_letters,
         "langfuse": "on" if state.forwarder is not None else "off",
     }
     if c.mode != "direct":

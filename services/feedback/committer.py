@@ -13,6 +13,12 @@ commit, not 32. Modes:
 
 A commit whose answer was lost (the connection died after COMMIT was sent) is spooled as well:
 writing it again is a no-op, because every key was fixed when the op was accepted.
+
+Feedback drained before its interaction exists (the interaction waits in another pod's spool,
+or in a rag outbox) is not dead-lettered at once: it goes to the *deferred* spool and is tried
+again every ``orphan_retry_s`` until ``orphan_window_s`` after it was accepted. At a stop, the
+spool is written to the database if it answers (within the drain budget), so a pod removed by
+a scale-down leaves nothing behind on its volume.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from services.common.spool import Spool
+from services.common.spool import Segment, Spool
 from services.feedback.store import Op, Outcome, Written, apply
 
 log = logging.getLogger("llmops.feedback.committer")
@@ -57,6 +63,9 @@ class Committer:
         drain_chunk: int = 500,
         probe_interval_s: float = 1.0,
         prepare: Callable[[], None] | None = None,
+        deferred: Spool | None = None,
+        orphan_window_s: float = 6 * 3600,
+        orphan_retry_s: float = 10.0,
     ) -> None:
         self.engine = engine
         self.spool = spool
@@ -70,30 +79,59 @@ class Committer:
         # Run once the database answers, before anything is written (the migrations, when
         # the service started while the database was down).
         self.prepare = prepare
+        self.deferred = deferred
+        self.orphan_window_s = orphan_window_s
+        self.orphan_retry_s = orphan_retry_s
+        self._next_retry = time.monotonic() + orphan_retry_s
         self.queue: asyncio.Queue[tuple[Op, asyncio.Future[Outcome]]] = asyncio.Queue()
         self.mode: Mode = "direct"
         self.last_error: str | None = None
+        self.prepare_error: Exception | None = None  # why ``prepare`` last failed
         self._task: asyncio.Task[None] | None = None
         self._next_probe = 0.0
 
     # -- the public side ---------------------------------------------------------------------------
 
-    def start(self, *, database_up: bool = True) -> None:
+    def start(self, *, database_up: bool = True) -> asyncio.Task[None]:
         if not database_up:
             self._set_mode("spooling")
         elif self.spool.has_pending():
             self._set_mode("draining")  # a previous life left ops behind: they go first
         self._task = asyncio.create_task(self._run(), name="feedback-committer")
+        return self._task
 
-    async def stop(self) -> None:
-        """Finish what was accepted (written or spooled), then stop."""
+    async def stop(self, budget_s: float = 30.0) -> None:
+        """Finish what was accepted (written or spooled), write the spool to the database if it
+        answers, then stop; all within ``budget_s``. What is left stays on the volume."""
         if self._task is None:
             return
-        await self.queue.join()
+        deadline = time.monotonic() + budget_s
+        try:
+            await asyncio.wait_for(self.queue.join(), budget_s)
+        except TimeoutError:
+            log.error("stopping with %d accepted ops unanswered", self.queue.qsize())
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        left = deadline - time.monotonic()
+        if left > 0 and (self.mode != "direct" or self.spool.has_pending()):
+            try:
+                await asyncio.wait_for(self._final_drain(), left)
+            except Exception as exc:  # the spool stays for the next life of this pod
+                log.warning("spool not drained at stop (%s): %d ops kept", exc, self.spool.depth)
         self.spool.close()
+        if self.deferred is not None:
+            self.deferred.close()
+
+    async def _final_drain(self) -> None:
+        if self.mode == "spooling":
+            await asyncio.to_thread(self._probe)
+            if self.prepare is not None:
+                await asyncio.to_thread(self.prepare)
+                self.prepare = None
+        self._set_mode("draining")
+        while self.mode == "draining":
+            await self._drain_some()
 
     async def submit(self, op: Op) -> Outcome:
         op.setdefault("at", time.time())
@@ -128,7 +166,11 @@ class Committer:
         while True:
             try:
                 if self.mode == "direct":
-                    first = await self.queue.get()
+                    try:
+                        first = await asyncio.wait_for(self.queue.get(), self._retry_wait())
+                    except TimeoutError:
+                        await self._retry_deferred()
+                        continue
                     items = self._take_nowait(first)
                     await self._write(items)
                 else:
@@ -146,6 +188,13 @@ class Committer:
             except Exception:  # the loop must survive anything; the clients hear a 500
                 log.exception("committer loop error")
                 await asyncio.sleep(0.1)
+
+    def _retry_wait(self) -> float | None:
+        """How long direct mode may wait for a write before the deferred ops are due."""
+        # The depth, not the folder: this runs before every batch of direct writes.
+        if self.deferred is None or self.deferred.depth == 0:
+            return None
+        return max(0.0, self._next_retry - time.monotonic())
 
     def _idle_wait(self) -> float:
         if self.mode == "draining":
@@ -241,12 +290,66 @@ class Committer:
                 if self.prepare is not None:
                     await asyncio.to_thread(self.prepare)
                     self.prepare = None
+                    self.prepare_error = None
             except Exception as exc:
+                self.prepare_error = exc
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 return
             self._set_mode("draining")
         if self.mode == "draining":
             await self._drain_some()
+
+    async def _apply_spooled(self, ops: list[Op]) -> list[Op]:
+        """Write spooled ops; the refused ones go to the dead letters, except feedback whose
+        interaction is not there yet (within the window): those are returned, to try later."""
+        outcomes, written = await asyncio.to_thread(self._transaction, ops)
+        self.on_written(written)
+        later: list[Op] = []
+        for op, outcome in zip(ops, outcomes, strict=True):
+            if outcome.status < 400:
+                continue
+            age = time.time() - float(op.get("at", 0))
+            if (
+                outcome.code == "interaction_not_found"
+                and self.deferred is not None
+                and age < self.orphan_window_s
+            ):
+                later.append(op)
+                continue
+            reason = f"{outcome.status} {outcome.code}: {outcome.message}"
+            log.error("spooled op refused at drain: %s", reason)
+            await asyncio.to_thread(self.spool.dead_letter, op, reason)
+            self.on_rejected(outcome.code or "error")
+        return later
+
+    async def _retry_deferred(self) -> None:
+        """One round over the deferred segments that exist now (not the ones it writes)."""
+        assert self.deferred is not None
+        self._next_retry = time.monotonic() + self.orphan_retry_s
+        deferred = self.deferred
+        due = set(await asyncio.to_thread(deferred.pending_files))
+        while True:
+            segment = await asyncio.to_thread(deferred.claim)
+            if segment is None:
+                return
+            if segment.path not in due:
+                segment.release()
+                return
+            try:
+                ops = await asyncio.to_thread(_read_all, segment)
+                later = await self._apply_spooled(ops)
+                if later:
+                    await asyncio.to_thread(deferred.append, later)
+                await asyncio.to_thread(deferred.finish, segment, len(ops))
+                self.on_spool(self.spool, 0)
+            except Exception as exc:
+                segment.release()
+                if is_outage(exc):
+                    self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    self._next_probe = time.monotonic() + self.probe_interval_s
+                    self._set_mode("spooling")
+                    return
+                raise
 
     def _probe(self) -> None:
         with self.engine.connect() as conn:
@@ -261,20 +364,17 @@ class Committer:
             self.on_spool(self.spool, 0)
             return
         try:
-            ops = await asyncio.to_thread(lambda: list(Spool.read(segment)))
+            ops = await asyncio.to_thread(_read_all, segment)
+            later: list[Op] = []
             for start in range(0, len(ops), self.drain_chunk):
                 chunk = ops[start : start + self.drain_chunk]
-                outcomes, written = await asyncio.to_thread(self._transaction, chunk)
-                self.on_written(written)
-                for op, outcome in zip(chunk, outcomes, strict=True):
-                    if outcome.status >= 400:
-                        reason = f"{outcome.status} {outcome.code}: {outcome.message}"
-                        log.error("spooled op refused at drain: %s", reason)
-                        await asyncio.to_thread(self.spool.dead_letter, op, reason)
-                        self.on_rejected(outcome.code or "error")
+                later += await self._apply_spooled(chunk)
                 # Let new writes in between chunks (they are spooled behind this segment).
                 if not self.queue.empty():
                     await self._to_spool(self._take_nowait())
+            if later:  # durable in the deferred spool before the segment goes
+                assert self.deferred is not None
+                await asyncio.to_thread(self.deferred.append, later)
             await asyncio.to_thread(self.spool.finish, segment, len(ops))
             self.on_spool(self.spool, 0)
         except Exception as exc:
@@ -285,6 +385,10 @@ class Committer:
                 self._set_mode("spooling")
                 return
             raise
+
+
+def _read_all(segment: Segment) -> list[Op]:
+    return list(Spool.read(segment))
 
 
 def accepted_body(op: Op) -> dict[str, Any]:

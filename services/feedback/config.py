@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -13,25 +14,44 @@ from services.feedback.schemas import ENV_PATTERN
 
 class FeedbackSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEEDBACK_")
+    default_port: ClassVar[int] = 8005
 
     service_name: str = "feedback"
 
     database_url: SecretStr = Field(
-        SecretStr("sqlite:///.llmops/feedback.db"),
-        description="SQLAlchemy URL: SQLite by default, PostgreSQL in production "
-        "(postgresql+psycopg://user:pass@host/db).",
+        SecretStr("sqlite:///feedback.db"),
+        description="SQLAlchemy URL: SQLite under DATA_DIR by default (ENV=dev only), "
+        "PostgreSQL in production (postgresql+psycopg://user:pass@host/db).",
     )
-    auto_migrate: bool = Field(True, description="Run Alembic migrations at start.")
+    auto_migrate: bool = Field(
+        False,
+        description="Run Alembic migrations at start (default: only with ENV=dev; elsewhere "
+        "`llmops db upgrade` runs them as a Job).",
+    )
     db_connect_timeout_s: float = Field(
         3.0, gt=0, description="How long a connection attempt may take before writes spool."
     )
     db_pool_size: int = Field(8, ge=1)
     spool_dir: Path = Field(
-        Path(".llmops/feedback-spool"),
+        Path("feedback-spool"),
         description="Where writes wait while the database is unreachable; a persistent volume "
         "in Kubernetes, so a restarted pod drains what its previous life accepted.",
     )
     probe_interval_s: float = Field(1.0, gt=0, description="Database probe while spooling.")
+    orphan_window_s: float = Field(
+        6 * 3600.0,
+        ge=0,
+        description="Spooled feedback whose interaction is not in the database yet (it may wait "
+        "in another pod's spool or a rag outbox) is tried again for this long after it was "
+        "accepted, then dead-lettered; 0: dead-lettered at once.",
+    )
+    orphan_retry_s: float = Field(10.0, gt=0, description="How often those are tried again.")
+    dead_letter_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="The dead-letter file stops growing here (refused ops past it are dropped, "
+        "logged and counted), so it cannot fill the spool's volume.",
+    )
     max_batch: int = Field(512, ge=1, description="Most ops written in one transaction.")
     default_environment: str = Field(
         "production", description="An interaction's environment when it names none."
@@ -71,3 +91,20 @@ class FeedbackSettings(ServiceSettings):
         if self.database_url.get_secret_value().startswith("sqlite"):
             return 1, "SQLite takes one writer; use PostgreSQL for several workers"
         return None
+
+    def fill_defaults(self) -> None:
+        super().fill_defaults()
+        self.under_data_dir(spool_dir="feedback-spool")
+        if "database_url" not in self.model_fields_set:
+            self.database_url = SecretStr(f"sqlite:///{self.data_dir / 'feedback.db'}")
+        if "auto_migrate" not in self.model_fields_set:
+            self.auto_migrate = self.env == "dev"
+
+    def replica_unsafe(self) -> list[str]:
+        if self.database_url.get_secret_value().startswith("sqlite"):
+            return [
+                "FEEDBACK_DATABASE_URL is SQLite, a file in this one pod that no other replica "
+                "shares and a lost volume takes with it; set a PostgreSQL URL "
+                "(postgresql+psycopg://user:password@host/db)"
+            ]
+        return []

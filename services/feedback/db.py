@@ -15,3 +15,8 @@ VERSION_TABLE = "feedback_alembic_version"  # its own: may share a database with
 
 def migrate(engine: Engine, revision: str = "head") -> None:
     db.migrate(engine, MIGRATIONS, lock_id=LOCK_ID, version_table=VERSION_TABLE, revision=revision)
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise ``SchemaBehind`` unless the tables are at this code's head (see common/db.py)."""
+    db.check_schema(engine, MIGRATIONS, version_table=VERSION_TABLE, service="feedback")

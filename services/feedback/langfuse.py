@@ -89,8 +89,9 @@ class LangfuseForwarder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="langfuse-forwarder")
+        return self._task
 
     def wake(self) -> None:
         self._wake.set()

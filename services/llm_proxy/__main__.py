@@ -1,6 +1,10 @@
-"""``python -m services.llm_proxy``: the same as ``llmops serve llm-proxy``."""
+"""``python -m services.llm_proxy``: the llm-proxy service alone, configured by its environment.
 
-from services.cli.main import main
+The images run this (not the CLI): it imports only the service, and reads host, port and
+workers from ``LLM_PROXY_HOST`` ... or their ``LLMOPS_`` fallbacks.
+"""
+
+from services.common.server import main
 
 if __name__ == "__main__":
-    main(["serve", "llm-proxy"])
+    main("llm-proxy")

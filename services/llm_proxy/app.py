@@ -15,10 +15,11 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from services.common.app import build_app
+from services.common.db import SchemaGate
 from services.llm_proxy import admin, routes
 from services.llm_proxy.catalog import Catalog, CatalogWatcher, load_catalog
 from services.llm_proxy.config import ProxySettings
-from services.llm_proxy.db import migrate
+from services.llm_proxy.db import check_schema, migrate
 from services.llm_proxy.gateway import Gateway, ProxyMetrics
 from services.llm_proxy.keys import KeyCache, KeyStore, make_engine
 from services.llm_proxy.limits import Limiter, MemoryLimiter, RedisLimiter
@@ -64,6 +65,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = make_engine(settings.database_url.get_secret_value())
     if settings.auto_migrate:
         await asyncio.to_thread(migrate, engine)
+    # Outside dev the migration Job owns the tables: unready (never crash-looping) until they
+    # are at this version's head.
+    schema = SchemaGate(lambda: check_schema(engine), passed=settings.auto_migrate)
     store = KeyStore(engine)
     limiter = _limiter(settings, metrics)
     session = create_session(settings.max_connections, settings.connect_timeout_s)
@@ -84,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         else hashlib.sha256(master.get_secret_value().encode()).digest(),
         started_at=int(time.time()),
         tracer=app.state.tracer,
+        schema=schema,
     )
 
     def reloaded(new: Catalog, new_keys: dict[str, str | None]) -> None:
@@ -97,8 +102,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
     watcher = CatalogWatcher(settings.config_path, settings.config_reload_s, reloaded, rejected)
     app.state.proxy = state
-    spend.start()
-    watcher.start()
+    lifecycle = app.state.lifecycle
+    lifecycle.watch("spend writer", spend.start())
+    lifecycle.watch("routing-config watcher", watcher.start())
     publisher = asyncio.create_task(_publish_breakers(state), name="breaker-gauges")
     log.info(
         "llm proxy ready",
@@ -114,9 +120,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         publisher.cancel()
         await watcher.stop()
-        await spend.stop()
+        # Spend summed since the last flush is written now; bounded by the grace period (a
+        # failed write is logged with the sums it could not keep).
+        budget = lifecycle.drain_budget()
+        try:
+            await asyncio.wait_for(spend.stop(), budget)
+            await asyncio.wait_for(limiter.close(), max(1.0, budget / 4))
+        except TimeoutError:
+            log.error("spend or limiter flush did not finish within %.0f s", budget)
         await session.close()
-        await limiter.close()
         engine.dispose()
 
 
@@ -124,6 +136,9 @@ async def readiness(app: FastAPI) -> tuple[bool, dict[str, Any]]:
     state: ProxyState | None = getattr(app.state, "proxy", None)
     if state is None:
         return False, {"reason": "starting"}
+    blocked = await state.schema.blocked()
+    if blocked:
+        return False, {"reason": blocked}
     try:
         await asyncio.to_thread(state.store.ping)
     except Exception as exc:

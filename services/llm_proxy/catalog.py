@@ -197,9 +197,10 @@ class CatalogWatcher:
             return None
         return st.st_mtime, st.st_size
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None] | None:
         if self.interval_s > 0:
             self._task = asyncio.create_task(self._run(), name="catalog-watcher")
+        return self._task
 
     async def stop(self) -> None:
         if self._task is not None:

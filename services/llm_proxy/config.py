@@ -20,6 +20,7 @@ class ProxySettings(ServiceSettings):
 
     # Callers authenticate with virtual keys (and the master key), not static key digests.
     static_api_keys: ClassVar[bool] = False
+    default_port: ClassVar[int] = 8003
 
     service_name: str = "llm-proxy"
 
@@ -33,11 +34,15 @@ class ProxySettings(ServiceSettings):
         None, description="Admin key: manages virtual keys and may call every alias."
     )
     database_url: SecretStr = Field(
-        SecretStr("sqlite:///.llmops/llm-proxy.db"),
-        description="SQLAlchemy URL of the key store: SQLite by default, PostgreSQL in production "
-        "(postgresql+psycopg://user:pass@host/db).",
+        SecretStr("sqlite:///llm-proxy.db"),
+        description="SQLAlchemy URL of the key store: SQLite under DATA_DIR by default (ENV=dev "
+        "only), PostgreSQL in production (postgresql+psycopg://user:pass@host/db).",
     )
-    auto_migrate: bool = Field(True, description="Run Alembic migrations at start.")
+    auto_migrate: bool = Field(
+        False,
+        description="Run Alembic migrations at start (default: only with ENV=dev; elsewhere "
+        "`llmops db upgrade` runs them as a Job).",
+    )
     key_cache_ttl_s: float = Field(
         5.0, gt=0, description="How long a key's record is trusted; revocation takes this long."
     )
@@ -63,6 +68,35 @@ class ProxySettings(ServiceSettings):
         False, description="Log prompts and completions (DEBUG, logger llmops.payloads)."
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+
+    def fill_defaults(self) -> None:
+        super().fill_defaults()
+        if "database_url" not in self.model_fields_set:
+            self.database_url = SecretStr(f"sqlite:///{self.data_dir / 'llm-proxy.db'}")
+        if "auto_migrate" not in self.model_fields_set:
+            self.auto_migrate = self.env == "dev"
+
+    def worker_limit(self) -> tuple[int, str] | None:
+        if self.redis_url is None:
+            return 1, (
+                "without LLM_PROXY_REDIS_URL every worker keeps its own limits and budgets, so "
+                "each key would get N times its RPM, TPM and budget"
+            )
+        return None
+
+    def replica_unsafe(self) -> list[str]:
+        out = []
+        if self.database_url.get_secret_value().startswith("sqlite"):
+            out.append(
+                "LLM_PROXY_DATABASE_URL is SQLite, a file in this one pod: keys made on one "
+                "replica would be unknown to the others; set a PostgreSQL URL"
+            )
+        if self.redis_url is None:
+            out.append(
+                "LLM_PROXY_REDIS_URL is unset: limits and budgets would be kept per replica, "
+                "multiplied by the replica count; set the Redis URL"
+            )
+        return out
 
     @model_validator(mode="after")
     def _need_master_key(self) -> ProxySettings:

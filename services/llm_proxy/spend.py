@@ -39,8 +39,9 @@ class SpendLog:
             sums[2] += tout
             sums[3] += cost
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self._run(), name="spend-writer")
+        return self._task
 
     async def _run(self) -> None:
         while True:

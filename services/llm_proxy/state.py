@@ -9,6 +9,7 @@ import aiohttp
 from fastapi import Depends, Request
 from opentelemetry.trace import Tracer
 
+from services.common.db import SchemaGate
 from services.llm_proxy.config import ProxySettings
 from services.llm_proxy.gateway import Gateway, ProxyMetrics
 from services.llm_proxy.keys import KeyCache, KeyStore
@@ -31,6 +32,7 @@ class ProxyState:
     master_hash: bytes | None
     tracer: Tracer
     started_at: int
+    schema: SchemaGate
     config_error: str | None = None
 
 

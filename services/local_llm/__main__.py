@@ -1,6 +1,10 @@
-"""``python -m services.local_llm``: the same as ``llmops serve local-llm``."""
+"""``python -m services.local_llm``: the local-llm service alone, configured by its environment.
 
-from services.cli.main import main
+The images run this (not the CLI): it imports only the service, and reads host, port and
+workers from ``LOCAL_LLM_HOST`` ... or their ``LLMOPS_`` fallbacks.
+"""
+
+from services.common.server import main
 
 if __name__ == "__main__":
-    main(["serve", "local-llm"])
+    main("local-llm")

@@ -26,7 +26,7 @@ async def _load(app: FastAPI) -> None:
     started = time.perf_counter()
     generator = await in_daemon_thread(lambda: load_generator(settings))
     scheduler = Scheduler(generator, app.state.metrics, max_queue=settings.max_queue)
-    scheduler.start()
+    app.state.lifecycle.watch("generation", scheduler.start())
     app.state.loaded_at = int(time.time())
     app.state.scheduler = scheduler
     app.state.generator = generator

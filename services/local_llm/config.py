@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -14,6 +15,7 @@ DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class LocalLLMSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="LOCAL_LLM_")
+    default_port: ClassVar[int] = 8004
 
     service_name: str = "local-llm"
 
@@ -30,7 +32,7 @@ class LocalLLMSettings(ServiceSettings):
         "smollm2-135m-instruct", min_length=1, description="The id clients pass as `model`."
     )
     cache_dir: Path = Field(
-        Path(".llmops/cache/local-llm"),
+        Path("cache/local-llm"),
         description="Where a GGUF model converted to transformers' format is kept: converting "
         "takes ~40 s, loading the converted copy ~2 s.",
     )
@@ -63,6 +65,10 @@ class LocalLLMSettings(ServiceSettings):
         if self.gguf_file is not None and self.model_dir is None:
             raise ValueError("LOCAL_LLM_GGUF_FILE needs LOCAL_LLM_MODEL_DIR (the file's directory)")
         return self
+
+    def fill_defaults(self) -> None:
+        super().fill_defaults()
+        self.under_data_dir(cache_dir="cache/local-llm")
 
     def worker_limit(self) -> tuple[int, str] | None:
         return 1, (

@@ -144,6 +144,9 @@ def write_cache(
         save(tmp)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         for name in files:
+            # Readable by every user: safetensors writes 0600, and an image's build step (root)
+            # fills the cache its non-root user then reads.
+            (tmp / name).chmod(0o644)
             _fsync(tmp / name)
         marker = {
             "format": CACHE_FORMAT,
@@ -636,8 +639,9 @@ class Scheduler:
             "local_llm_queue_rejections_total", "Requests refused with 429 (queue full)."
         )
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="generate-loop")
+        return self._task
 
     @property
     def running(self) -> bool:

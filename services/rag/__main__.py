@@ -1,6 +1,10 @@
-"""``python -m services.rag``: the same as ``llmops serve rag``."""
+"""``python -m services.rag``: the rag service alone, configured by its environment.
 
-from services.cli.main import main
+The images run this (not the CLI): it imports only the service, and reads host, port and
+workers from ``RAG_HOST`` ... or their ``LLMOPS_`` fallbacks.
+"""
+
+from services.common.server import main
 
 if __name__ == "__main__":
-    main(["serve", "rag"])
+    main("rag")

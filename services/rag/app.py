@@ -47,8 +47,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             timeout=settings.feedback_timeout_s,
             max_connections=16,
         )
-    spool = Spool(settings.outbox_dir)
+    spool = Spool(settings.outbox_dir, dead_letter_max_bytes=settings.dead_letter_max_bytes)
     await asyncio.to_thread(spool.open)
+
+    def on_dead_letter(s: Spool) -> None:
+        metrics.dead_letter_entries.labels(str(s.dead_letter_path)).set(s.dead_letters)
+        metrics.dead_letter_dropped.set(s.dead_letters_dropped)
+
+    on_dead_letter(spool)
     outbox = InteractionOutbox(
         spool,
         feedback,
@@ -56,6 +62,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_depth=metrics.outbox_depth.set,
         on_sent=metrics.outbox_sent.inc,
         on_failure=lambda reason: metrics.outbox_failures.labels(reason).inc(),
+        on_dead_letter=on_dead_letter,
     )
     prompts = PromptRegistry(
         settings.mlflow_tracking_uri,
@@ -73,7 +80,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics=metrics,
         tracer=app.state.tracer,
     )
-    outbox.start()
+    for name, task in outbox.start().items():
+        app.state.lifecycle.watch(name, task)
     # Warm the registry (MLflow's import and the first fetch take seconds) without holding up
     # the start: until it answers, asks get the bundled prompt, flagged.
     warm = asyncio.create_task(_warm(prompts), name="prompt-warmup")
@@ -90,7 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         warm.cancel()
-        await outbox.stop()
+        await outbox.stop(app.state.lifecycle.drain_budget())
         for client in (retrieval, proxy, feedback):
             if client is not None:
                 await client.aclose()

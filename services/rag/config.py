@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -15,6 +15,7 @@ BUNDLED_PROMPT = Path(__file__).resolve().parent / "prompts" / "rag-answer.txt"
 
 class RagSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_")
+    default_port: ClassVar[int] = 8006
 
     service_name: str = "rag"
 
@@ -57,10 +58,26 @@ class RagSettings(ServiceSettings):
         BUNDLED_PROMPT, description="Served until the registry has been reached once."
     )
     outbox_dir: Path = Field(
-        Path(".llmops/rag-outbox"),
-        description="Interactions on their way to the feedback service (survives its outages).",
+        Path("rag-outbox"),
+        description="Interactions on their way to the feedback service (survives its outages); "
+        "default: DATA_DIR/rag-outbox, a persistent volume in Kubernetes.",
     )
     outbox_flush_s: float = Field(0.2, gt=0, description="Interactions are spooled this often.")
+    dead_letter_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="The outbox's dead-letter file stops growing here (refusals past it are "
+        "dropped, logged and counted), so it cannot fill the outbox volume.",
+    )
+
+    def fill_defaults(self) -> None:
+        super().fill_defaults()
+        self.under_data_dir(outbox_dir="rag-outbox")
+
+    def replica_unsafe(self) -> list[str]:
+        return self.loopback_urls(
+            "retrieval_url", "proxy_url", "feedback_url", "mlflow_tracking_uri"
+        )
 
     def effective_alias(self) -> str:
         if self.prompt_alias:

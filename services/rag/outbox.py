@@ -5,7 +5,9 @@ A request only appends to a list in memory. One task writes what gathered to the
 feedback service is idempotent on the interaction id, so a post repeated after a crash or a
 timeout is one row there. While it is down, the spool grows and the sender backs off; nothing
 is dropped. Between a request and the next spool flush (``flush_s``, 0.2 s by default) an
-interaction lives only in memory; a graceful stop flushes it.
+interaction lives only in memory; a graceful stop flushes it, then sends what the spool holds
+while the feedback service answers (within the drain budget), so a pod removed by a scale-down
+leaves nothing behind on its volume; what is left is sent by the pod's next life.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class InteractionOutbox:
         on_depth: Callable[[int], None],
         on_sent: Callable[[int], None],
         on_failure: Callable[[str], None],
+        on_dead_letter: Callable[[Spool], None] = lambda _: None,
     ) -> None:
         self.spool = spool
         self.client = client
@@ -40,6 +43,7 @@ class InteractionOutbox:
         self.on_depth = on_depth
         self.on_sent = on_sent
         self.on_failure = on_failure
+        self.on_dead_letter = on_dead_letter
         self._memory: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._spooled = asyncio.Event()
@@ -56,21 +60,36 @@ class InteractionOutbox:
     def depth(self) -> int:
         return len(self._memory) + self.spool.depth
 
-    def start(self) -> None:
+    def start(self) -> dict[str, asyncio.Task[None]]:
+        """The loops, by name (for liveness); none without a feedback service."""
         if self.client is None:
-            return
+            return {}
         self._tasks = [
             asyncio.create_task(self._spool_loop(), name="outbox-spool"),
             asyncio.create_task(self._send_loop(), name="outbox-send"),
         ]
+        return {"outbox spool": self._tasks[0], "outbox sender": self._tasks[1]}
 
-    async def stop(self) -> None:
+    async def stop(self, budget_s: float = 30.0) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush()
+        if self.client is not None and self.spool.has_pending():
+            try:
+                await asyncio.wait_for(self._send_all(), budget_s)
+            except Exception as exc:  # kept in the spool for this pod's next life
+                log.warning(
+                    "outbox not emptied at stop (%s): %d interactions kept",
+                    type(exc).__name__,
+                    self.spool.depth,
+                )
         self.spool.close()
+
+    async def _send_all(self) -> None:
+        while await self._send_some():
+            pass
 
     async def flush(self) -> None:
         """Write what is in memory to the spool (fsync'd)."""
@@ -149,6 +168,7 @@ class InteractionOutbox:
             log.error("feedback refused an interaction: %s", reason)
             await asyncio.to_thread(self.spool.dead_letter, op, reason)
             self.on_failure("refused")
+            self.on_dead_letter(self.spool)
 
         # Sending a segment twice after a crash is harmless: the feedback service replays.
         await asyncio.gather(*(post(op) for op in ops))

@@ -23,6 +23,8 @@ class RagMetrics:
     outbox_depth: Gauge
     outbox_sent: Counter
     outbox_failures: Counter
+    dead_letter_entries: Gauge
+    dead_letter_dropped: Gauge
 
     @classmethod
     def create(cls, m: Metrics) -> RagMetrics:
@@ -53,6 +55,18 @@ class RagMetrics:
                 "Outbox problems: unavailable (feedback down, retried), refused (dead-lettered), "
                 "spool (local write failed).",
                 ["reason"],
+            ),
+            dead_letter_entries=m.gauge(
+                "rag_outbox_dead_letter_entries",
+                "Interactions the feedback service refused for good, kept in the outbox's "
+                "dead-letter file (its path in the label).",
+                ["path"],
+                multiprocess_mode="livemax",
+            ),
+            dead_letter_dropped=m.gauge(
+                "rag_outbox_dead_letter_dropped",
+                "Refused interactions not kept since start: the dead-letter file was full.",
+                multiprocess_mode="livesum",
             ),
         )
 

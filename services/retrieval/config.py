@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -13,13 +13,16 @@ from services.common.settings import ServiceSettings
 
 class RetrievalSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RETRIEVAL_")
+    default_port: ClassVar[int] = 8002
 
     service_name: str = "retrieval"
 
     # Qdrant: a server when a URL is set, else embedded local mode under qdrant_path.
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
-    qdrant_path: Path = Path(".llmops/qdrant")
+    qdrant_path: Path = Field(
+        Path("qdrant"), description="Local mode's files; default: DATA_DIR/qdrant."
+    )
     qdrant_timeout_s: float = Field(10.0, gt=0)
     qdrant_retries: int = Field(4, ge=0, description="Retries of a transient Qdrant failure.")
     # New collections; the defaults fit a 3-node cluster.
@@ -49,6 +52,20 @@ class RetrievalSettings(ServiceSettings):
         if self.qdrant_url:
             return None
         return 1, "local Qdrant (no RETRIEVAL_QDRANT_URL) is a single-process store"
+
+    def fill_defaults(self) -> None:
+        super().fill_defaults()
+        self.under_data_dir(qdrant_path="qdrant")
+
+    def replica_unsafe(self) -> list[str]:
+        out = self.loopback_urls("qdrant_url", "embeddings_url")
+        if not self.qdrant_url:
+            out.insert(
+                0,
+                "RETRIEVAL_QDRANT_URL is unset: embedded Qdrant keeps the vectors in this one "
+                "pod's files, where no other replica sees them; set the Qdrant cluster's URL",
+            )
+        return out
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> RetrievalSettings:

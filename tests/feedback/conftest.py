@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY_HASH, ServiceProcess, auth_headers, fresh_pg_database
+from tests.conftest import (
+    API_KEY_HASH,
+    ServiceProcess,
+    auth_headers,
+    free_port,
+    fresh_pg_database,
+)
 
 Start = Callable[..., ServiceProcess]
 
@@ -72,9 +78,7 @@ class TcpProxy:
 
     def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
         self.target = target
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()  # outside the ephemeral range: it is bound again on restore
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
         self._listener: socket.socket | None = None

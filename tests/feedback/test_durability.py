@@ -145,7 +145,9 @@ def test_a_cold_start_during_an_outage_migrates_and_drains_when_the_database_ret
 
     with fresh_pg_database("llmops_feedback_cold") as url:
         pg_proxy.cut()
-        svc = start_feedback(pg_proxy.url(url))  # never migrated, database unreachable
+        # Never migrated, database unreachable; feedback on an unknown interaction is refused
+        # at drain at once (no window to wait for it to arrive from another pod).
+        svc = start_feedback(pg_proxy.url(url), FEEDBACK_ORPHAN_WINDOW_S="0")
         ready = _ready(svc)
         assert ready["status"] == "degraded" and ready["write_mode"] == "spooling"
         with client(svc) as api:
