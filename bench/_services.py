@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +12,22 @@ from pathlib import Path
 
 import httpx
 
+from services.common import ports
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port outside the kernel's ephemeral range (the services' own picker)."""
+    return ports.free_port()
 
 
 def start(service: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     """``llmops serve SERVICE`` on a free loopback port with ``env``; returns once it is ready.
 
-    Logging, metrics, tracing and auth stay on, as in production.
+    Logging, metrics, tracing and auth stay on, as in production. ``ENV=dev`` unless ``env``
+    says otherwise: every service of a benchmark is on this one machine, which production
+    settings refuse (loopback URLs, embedded Qdrant).
     """
     port = free_port()
     ambient = ("EMBEDDINGS_", "RETRIEVAL_", "PROMETHEUS_", "LLMOPS_")
@@ -33,7 +35,7 @@ def start(service: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], s
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "serve", service, "--port", str(port)],
         cwd=ROOT,
-        env={**base, **env},
+        env={**base, "ENV": "dev", **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

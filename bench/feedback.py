@@ -143,6 +143,7 @@ class Service:
         env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
         env |= {
             "ENV": "production",
+            "FEEDBACK_AUTO_MIGRATE": "true",  # production leaves that to a migration Job
             "PYTHONUNBUFFERED": "1",
             "FEEDBACK_API_KEY_HASHES": hashlib.sha256(KEY.encode()).hexdigest(),
             "FEEDBACK_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}",

@@ -4,9 +4,10 @@
 
 Everything runs on this machine: the fake upstream (``tests/fakes/openai_upstream.py``, one
 process), LiteLLM's proxy (``litellm --num_workers 1``, installed pinned into its own venv under
-``.bench/``), our proxy (``llmops serve llm-proxy --workers 1`` in production mode, with a virtual
-key, Redis-backed shared limits, budgets and metrics on the hot path) and the load generators,
-which are separate processes: ``wrk`` for throughput, ``bench/_load.py`` for sequential latency.
+``.bench/``), our proxy (``llmops serve llm-proxy --workers 1``, ENV=dev for its SQLite key
+store, with a virtual key, Redis-backed shared limits, budgets and metrics on the hot path) and
+the load generators, which are separate processes: ``wrk`` for throughput, ``bench/_load.py``
+for sequential latency.
 
 With two or more CPUs the proxy under test is pinned to the last CPU and the upstream and load
 generators to the others, so the proxies get one core each, like one worker in production.
@@ -320,7 +321,8 @@ class Servers:
         )
         master = "mk-" + secrets.token_urlsafe(32)
         env = base_env() | {
-            "ENV": "production",
+            # dev: the keys live in SQLite on this one machine, which production refuses.
+            "ENV": "dev",
             "LLM_PROXY_MASTER_KEY": master,
             "LLM_PROXY_CONFIG_PATH": str(cfg),
             "LLM_PROXY_DATABASE_URL": f"sqlite:///{self.workdir}/proxy.db",

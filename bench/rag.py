@@ -5,7 +5,8 @@
         [--embeddings-max-wait-ms MS]     # default: the embeddings service's own (5 ms)
 
 What runs, all on this machine, every service as its own process (``llmops serve NAME``, one
-worker, ENV=production, API-key auth, metrics and JSON access log on, no trace exporter):
+worker, ENV=dev since they all share this machine, API-key auth, metrics and JSON access log on,
+no trace exporter):
 
 * the embeddings service (all-MiniLM-L6-v2, torch backend);
 * retrieval on local Qdrant, with a collection ingested through it: the tests' three handbook
@@ -177,7 +178,8 @@ def base_env(**extra: str) -> dict[str, str]:
         "LANGFUSE_", "LLMOPS_", "PROMETHEUS_", "OTEL_", "MLFLOW_",
     )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k != "ENV"}
-    env |= {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **extra}
+    # ENV=dev: all of the platform on one machine (loopback URLs, embedded Qdrant).
+    env |= {"ENV": "dev", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **extra}
     return env
 
 
@@ -216,7 +218,7 @@ def serve(name: str, env: dict[str, str], workdir: Path) -> tuple[Proc, str]:
     exe = ROOT / ".venv" / "bin" / "llmops"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "services.cli.main"]
     cmd += ["serve", name, "--port", str(port), "--workers", "1"]
-    proc = Proc(name, cmd, base_env(ENV="production", **env), workdir)
+    proc = Proc(name, cmd, base_env(**env), workdir)
     url = f"http://127.0.0.1:{port}"
     proc.wait_ready(f"{url}/readyz")
     return proc, url

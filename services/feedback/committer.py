@@ -206,10 +206,7 @@ class Committer:
         try:
             outcomes, written = await asyncio.to_thread(self._transaction, ops)
         except Exception as exc:
-            if is_outage(exc):
-                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                self._next_probe = time.monotonic() + self.probe_interval_s
-                self._set_mode("spooling")
+            if self._outage(exc):
                 await self._to_spool(items)
                 return
             # One op the database refuses must not fail its batch-mates: write them one by one.
@@ -344,10 +341,7 @@ class Committer:
                 self.on_spool(self.spool, 0)
             except Exception as exc:
                 segment.release()
-                if is_outage(exc):
-                    self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                    self._next_probe = time.monotonic() + self.probe_interval_s
-                    self._set_mode("spooling")
+                if self._outage(exc):
                     return
                 raise
 
@@ -379,12 +373,18 @@ class Committer:
             self.on_spool(self.spool, 0)
         except Exception as exc:
             segment.release()
-            if is_outage(exc):
-                self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                self._next_probe = time.monotonic() + self.probe_interval_s
-                self._set_mode("spooling")
+            if self._outage(exc):
                 return
             raise
+
+    def _outage(self, exc: Exception) -> bool:
+        """Back to spooling when ``exc`` is the database going away; False for anything else."""
+        if not is_outage(exc):
+            return False
+        self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        self._next_probe = time.monotonic() + self.probe_interval_s
+        self._set_mode("spooling")
+        return True
 
 
 def _read_all(segment: Segment) -> list[Op]:

@@ -126,12 +126,11 @@ async def _fit(
 
 
 async def _headings(
-    sections: list[tuple[tuple[str, ...], list[str]]], count: TokenCounter, cap: int
+    paths: list[tuple[str, ...]], counts: list[int], count: TokenCounter, cap: int
 ) -> list[tuple[tuple[str, ...], int]]:
-    """Each section's heading path and its tokens, kept to at most half the cap: outer
-    headings are dropped first, then the innermost one is cut."""
-    paths = [heads for heads, _ in sections]
-    counts = await count([_HEADING_SEP.join(h) for h in paths])
+    """Each section's heading path and its tokens (``counts``: of the paths as given), kept to
+    at most half the cap: outer headings are dropped first, then the innermost one is cut."""
+    paths, counts = list(paths), list(counts)
     limit = cap // 2
     for _ in range(_MAX_ROUNDS):
         over = [i for i, (h, n) in enumerate(zip(paths, counts, strict=True)) if h and n > limit]
@@ -164,9 +163,12 @@ async def chunk_blocks(
         (heads, [b.text for b in group])
         for heads, group in groupby(blocks, key=lambda b: b.headings)
     ]
-    headings = await _headings(sections, count, cap)
+    paths = [heads for heads, _ in sections]
     paragraphs = [(p, "\n\n") for _, paras in sections for p in paras]
-    para_tokens = await count([p for p, _ in paragraphs])
+    # Headings and paragraphs in one call to the tokenizer.
+    first = await count([_HEADING_SEP.join(h) for h in paths] + [p for p, _ in paragraphs])
+    headings = await _headings(paths, first[: len(paths)], count, cap)
+    para_tokens = first[len(paths) :]
 
     # One fitting pass for all the sections that share a room size (almost always one).
     rooms = [max(1, cap - (htok + 2 if heads else 0)) for heads, htok in headings]
