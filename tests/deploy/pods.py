@@ -32,21 +32,36 @@ UID = 10001
 # The pod's view: / read-only, a private /tmp, then the image's user; the command is "$@".
 # The interpreter must be readable by that user, as /usr/local is in the image: when it lives
 # under a home only root may enter (pyenv in /root), that one tree is shown, read-only, in an
-# otherwise empty /root.
+# otherwise empty /root. The image's install (the venvs under .llmops) stays visible, read-only,
+# when the checkout itself is under /tmp or /root (a fresh clone in /tmp, say), which the
+# private mounts would otherwise hide.
 READ_ONLY_ROOT = f"""set -e
 mount --make-rprivate /
+hold=/dev/shm/.llmops-pod-$$
+mkdir "$hold"
+n=0
+for p in $LLMOPS_POD_EXPOSE $LLMOPS_POD_KEEP; do
+  n=$((n+1)); mkdir "$hold/$n" && mount --bind "$p" "$hold/$n"
+done
 mount -t tmpfs -o mode=1777,size=1g tmpfs /tmp
-if [ -n "$LLMOPS_POD_EXPOSE" ]; then
-  mkdir /tmp/.expose && mount --bind "$LLMOPS_POD_EXPOSE" /tmp/.expose
-  mount -t tmpfs -o mode=0755 tmpfs /root
-  mkdir -p "$LLMOPS_POD_EXPOSE" && mount --move /tmp/.expose "$LLMOPS_POD_EXPOSE"
-  mount -o remount,bind,ro "$LLMOPS_POD_EXPOSE" && mount -o remount,ro /root
-  rmdir /tmp/.expose
-fi
+[ -z "$LLMOPS_POD_EXPOSE" ] || mount -t tmpfs -o mode=0755 tmpfs /root
+n=0
+for p in $LLMOPS_POD_EXPOSE $LLMOPS_POD_KEEP; do
+  n=$((n+1)); mkdir -p "$p" && mount --move "$hold/$n" "$p" && rmdir "$hold/$n"
+  mount -o remount,bind,ro "$p"
+done
+rmdir "$hold"
+[ -z "$LLMOPS_POD_EXPOSE" ] || mount -o remount,ro /root
 mount -o remount,bind,ro /
-unset LLMOPS_POD_EXPOSE
+unset LLMOPS_POD_EXPOSE LLMOPS_POD_KEEP
 exec setpriv --reuid={UID} --regid={UID} --clear-groups -- "$@"
 """
+
+
+def keep_for(path: Path) -> str:
+    """``path`` when the pod's private /tmp or /root would hide it (else nothing)."""
+    parts = path.resolve().parts
+    return str(path.resolve()) if len(parts) > 1 and parts[1] in ("tmp", "root") else ""
 
 
 def expose_for(base_prefix: str) -> str:
@@ -177,7 +192,11 @@ class Pod:
     proc: subprocess.Popen[bytes] = field(init=False)
 
     def start(self) -> Pod:
-        env = {**self.env, "LLMOPS_POD_EXPOSE": expose_for(sys.base_prefix)}
+        env = {
+            **self.env,
+            "LLMOPS_POD_EXPOSE": expose_for(sys.base_prefix),
+            "LLMOPS_POD_KEEP": keep_for(ROOT / ".llmops"),
+        }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 ["unshare", "--mount", "--", "sh", "-c", READ_ONLY_ROOT, self.name, *self.argv],
