@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -19,6 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from services.common.context import current_request_id
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("llmops.errors")
 
@@ -59,6 +62,19 @@ class APIError(Exception):
         self.param = param
         self.type = type or error_type(status_code)
         self.headers = dict(headers or {})
+
+
+def peer_error(r: httpx.Response) -> dict[str, Any]:
+    """The error object of another service's answer, whatever its body (HTML from a proxy, plain
+    text, truncated JSON): the message falls back to the start of the text."""
+    try:
+        err = r.json().get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err
+    except (ValueError, AttributeError):
+        pass
+    text = r.text.strip()[:300]
+    return {"message": text or f"HTTP {r.status_code} with an empty body"}
 
 
 def error_type(status_code: int) -> str:

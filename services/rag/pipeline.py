@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from services.common.errors import APIError
+from services.common.errors import APIError, peer_error
 from services.common.http import context_headers
 from services.common.tracing import trace_id_for
 from services.rag.citations import cite, number_contexts
@@ -78,19 +78,6 @@ def _trace(interaction_id: str) -> tuple[str, Context]:
     return trace_id, trace.set_span_in_context(NonRecordingSpan(parent))
 
 
-def _said(r: httpx.Response) -> dict[str, Any]:
-    """The platform's error object from an answer, whatever its body (HTML from a proxy, plain
-    text, truncated JSON): the message falls back to the start of the text."""
-    try:
-        err = r.json().get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err
-    except (ValueError, AttributeError):
-        pass
-    text = r.text.strip()[:300]
-    return {"message": text or f"HTTP {r.status_code} with an empty body"}
-
-
 async def _retrieve(state: RagState, ask: Ask, degraded: list[str]) -> list[dict[str, Any]]:
     body: dict[str, Any] = {"query": ask.question, "top_k": ask.top_k}
     if ask.filter:
@@ -108,12 +95,12 @@ async def _retrieve(state: RagState, ask: Ask, degraded: list[str]) -> list[dict
     if r.status_code in (401, 403):  # our key, not the caller's request: an operator's fix
         raise APIError(
             502,
-            f"The retrieval service refused the rag service's key ({_said(r)['message']}); "
+            f"The retrieval service refused the rag service's key ({peer_error(r)['message']}); "
             "check RAG_RETRIEVAL_API_KEY.",
             code="retrieval_auth",
         )
     if r.status_code in (400, 404, 413, 422):  # the caller's collection, filter or question
-        err = _said(r)
+        err = peer_error(r)
         raise APIError(
             400 if r.status_code == 422 else r.status_code,
             str(err["message"]),
@@ -211,7 +198,7 @@ def _chat_body(state: RagState, p: Prepared, stream: bool) -> dict[str, Any]:
 
 
 def _llm_error(r: httpx.Response) -> APIError:
-    message = str(_said(r)["message"])
+    message = str(peer_error(r)["message"])
     if r.status_code == 429:
         return APIError(
             429,

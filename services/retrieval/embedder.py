@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from services.common.errors import peer_error
 from services.common.http import create_client
 from services.common.retry import Transient, retry_after_seconds, retrying
 from services.retrieval.config import RetrievalSettings
@@ -50,8 +51,9 @@ class EmbeddingsClient:
                             retry_after_seconds(r.headers.get("retry-after")),
                         )
                     if r.status_code != 200:
+                        said = peer_error(r)["message"]
                         raise EmbeddingsUnavailable(
-                            f"embeddings service answered {r.status_code}: {_message(r)}"
+                            f"embeddings service answered {r.status_code}: {said}"
                         )
                     data: dict[str, object] = r.json()
                     return data
@@ -66,7 +68,7 @@ class EmbeddingsClient:
             raise EmbeddingsUnavailable(f"embeddings service unavailable: {exc}") from exc
         if r.status_code != 200:
             raise EmbeddingsUnavailable(
-                f"embeddings service answered {r.status_code}: {_message(r)}"
+                f"embeddings service answered {r.status_code}: {peer_error(r)['message']}"
             )
         for model in r.json()["data"]:
             if model["id"] == self.model:
@@ -113,10 +115,3 @@ class EmbeddingsClient:
         parts = [texts[i : i + self.batch] for i in range(0, len(texts), self.batch)]
         results = await asyncio.gather(*(self._embed_batch(p) for p in parts))
         return np.concatenate(results) if results else np.zeros((0, 0), np.float32)
-
-
-def _message(r: httpx.Response) -> str:
-    try:
-        return str(r.json()["error"]["message"])
-    except Exception:
-        return r.text[:200]
