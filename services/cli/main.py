@@ -274,6 +274,26 @@ def demo_cmd() -> None:
     raise typer.Exit(run_demo())
 
 
+@app.command("check")
+def check_cmd(
+    ready: Annotated[
+        list[str], typer.Option("--ready", help="A readiness URL that must answer 200.")
+    ],
+    ask: Annotated[
+        str | None, typer.Option(help="rag's base URL: one question must be answered.")
+    ] = None,
+    question: Annotated[str, typer.Option(help="The question asked.")] = "What is this?",
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to wait for readiness.")] = 120,
+) -> None:
+    """Check a release: every service ready, then one ask through rag (the chart's helm test).
+
+    The key comes from $LLMOPS_API_KEY or the file $LLMOPS_API_KEY_FILE names.
+    """
+    from services.cli.check import check
+
+    raise typer.Exit(check(ready, ask, question, wait))
+
+
 @app.command("hash-key")
 def hash_key_cmd(
     key: Annotated[

@@ -146,3 +146,37 @@ def test_up_refuses_ports_in_use_and_the_demo_starts_again_elsewhere(tmp_path: P
             assert log.read_text().count("in use") == 1  # the first attempt, then this one
         finally:
             _stop(proc)
+
+
+def test_check_names_what_is_not_ready_and_fails(tmp_path: Path) -> None:
+    """`llmops check` (the chart's helm test): a refused URL and a 503 with its reason."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Unready(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"error": {"message": "the feedback database was never migrated"}})
+            self.send_response(503)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Unready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        unready = f"http://127.0.0.1:{server.server_port}/readyz"
+        refused = f"http://127.0.0.1:{free_port()}/readyz"
+        key = tmp_path / "key"
+        key.write_text("sk-test\n")
+        r = run("check", "--ready", unready, "--ready", refused, "--ask", "http://x", "--wait", "0",
+                env={**clean_env(), "LLMOPS_API_KEY_FILE": str(key)})  # fmt: skip
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"FAIL  {unready}  503: the feedback database was never migrated" in r.stdout
+        assert f"FAIL  {refused}  ConnectError" in r.stdout
+        assert "ask" not in r.stdout  # no ask once something is not ready
+    finally:
+        server.shutdown()

@@ -9,7 +9,9 @@ fresh /tmp (an emptyDir) can be written, as with ``readOnlyRootFilesystem: true`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
 import shlex
 import signal
@@ -56,6 +58,15 @@ mount -o remount,bind,ro /
 unset LLMOPS_POD_EXPOSE LLMOPS_POD_KEEP
 exec setpriv --reuid={UID} --regid={UID} --clear-groups -- "$@"
 """
+
+
+def secret_file(folder: Path, key: str, value: str) -> Path:
+    """One key of a mounted Secret: a file only the pod's user (and group) reads."""
+    path = folder / key
+    path.write_text(value + "\n")
+    os.chown(path, UID, UID)
+    path.chmod(0o440)
+    return path
 
 
 def keep_for(path: Path) -> str:
@@ -179,6 +190,22 @@ def image_venv(image: str, work: Path) -> Path:
     return venv
 
 
+# The models image's baked GGUF, converted by its build step (here: by the same command).
+LOCAL_LLM_CACHE = ROOT / ".llmops" / "cache" / "local-llm-image"
+
+
+def bake_local_llm(models_venv: Path) -> Path:
+    """Runs the image's build step (``python -m services.local_llm.prepare``) into
+    LOCAL_LLM_CACHE, as the Dockerfile does; a second call finds it done."""
+    prepare = subprocess.run(
+        [str(models_venv / "bin" / "python"), "-m", "services.local_llm.prepare"],
+        env={**os.environ, "LOCAL_LLM_CACHE_DIR": str(LOCAL_LLM_CACHE), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=600, cwd="/",
+    )  # fmt: skip
+    assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+    return LOCAL_LLM_CACHE
+
+
 @dataclass
 class Pod:
     """One workload's process in the read-only namespace; its output in ``log``."""
@@ -228,6 +255,14 @@ class Pod:
             time.sleep(0.3)
         raise AssertionError(f"{self.name}: {url} not 200 after {timeout} s:\n{self.logs()}")
 
+    def _kill_group(self) -> None:
+        """SIGKILL to what is left of the pod's session (mlflow runs a child). Through
+        os.killpg, never the `kill` command: Debian's /usr/bin/kill, given `-9 -PGID` for a
+        group that no longer exists, signalled every process of the machine it could (the
+        test run, PostgreSQL, Redis)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM, as the kubelet sends; the whole session (mlflow runs a child) if need be."""
         if self.proc.poll() is None:
@@ -235,7 +270,7 @@ class Pod:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                subprocess.run(["kill", "-9", f"-{self.proc.pid}"], check=False)
+                self._kill_group()
                 self.proc.wait()
-        subprocess.run(["kill", "-9", f"-{self.proc.pid}"], check=False, capture_output=True)
+        self._kill_group()
         return self.proc.returncode

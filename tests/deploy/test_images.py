@@ -32,12 +32,19 @@ from tests.conftest import (
     free_port,
     fresh_pg_database,
 )
-from tests.deploy.pods import UID, Pod, expand, host_address, image_env, image_venv, workloads
+from tests.deploy.pods import (
+    LOCAL_LLM_CACHE,
+    UID,
+    Pod,
+    bake_local_llm,
+    expand,
+    host_address,
+    image_env,
+    secret_file,
+    workloads,
+)
 from tests.fakes.qdrant import FakeQdrant
 from tests.llm_proxy.conftest import MASTER_KEY, REDIS_URL, FakeUpstream
-
-# The image's baked model, converted by its build step (here: by the same command).
-LOCAL_LLM_CACHE = ROOT / ".llmops" / "cache" / "local-llm-image"
 
 
 def test_hadolint_checks_the_dockerfile_and_would_fail_a_bad_one(tmp_path: Path) -> None:
@@ -81,21 +88,6 @@ def test_every_workload_command_is_in_the_docs_table() -> None:
 # -- the llmops image's install set -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("images")
-
-
-@pytest.fixture(scope="module")
-def lean(wheels: Path) -> Path:
-    return image_venv("llmops", wheels)
-
-
-@pytest.fixture(scope="module")
-def models(wheels: Path) -> Path:
-    return image_venv("llmops-models", wheels)
-
-
 def test_the_llmops_install_has_no_torch(lean: Path) -> None:
     python = str(lean / "bin" / "python")
     names = subprocess.run(
@@ -136,11 +128,7 @@ class Cluster:
 
     def secret(self, name: str, value: str) -> str:
         """A file as a mounted Secret key is (readable by the pod's user), its path."""
-        path = self.secrets / name
-        path.write_text(value + "\n")
-        os.chown(path, UID, UID)
-        path.chmod(0o400)
-        return str(path)
+        return str(secret_file(self.secrets, name, value))
 
     def env(self, name: str, **extra: str) -> dict[str, str]:
         spec = workloads()[name]
@@ -306,13 +294,7 @@ def test_the_migration_job_then_every_workload_serves_as_a_pod(
 def test_local_llm_runs_from_the_baked_model_on_a_read_only_root(cluster: Cluster) -> None:
     """The image converts the GGUF at build time (its `prepare` step, run here the same way);
     the pod then only reads it."""
-    python = cluster.venvs["llmops-models"] / "bin" / "python"
-    prepare = subprocess.run(
-        [str(python), "-m", "services.local_llm.prepare"],
-        env={**os.environ, "LOCAL_LLM_CACHE_DIR": str(LOCAL_LLM_CACHE), "HF_HUB_OFFLINE": "1"},
-        capture_output=True, text=True, timeout=600, cwd="/",
-    )  # fmt: skip
-    assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+    bake_local_llm(cluster.venvs["llmops-models"])
     pod = cluster.start("local-llm", ENV="dev", LOCAL_LLM_API_KEY_HASHES=API_KEY_HASH)
     ready = httpx.get(f"{cluster.url('local-llm')}/readyz").json()
     assert ready["model"] == "smollm2-135m-instruct"
