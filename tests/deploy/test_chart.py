@@ -556,3 +556,32 @@ def test_yamllint_passes_the_sources_and_the_renderings(
     bad.write_text("a: 1 \na: 2\n")
     r = subprocess.run([*lint, "-c", str(config), str(bad)], capture_output=True, text=True)
     assert r.returncode == 1 and "trailing-spaces" in r.stdout and "key-duplicates" in r.stdout
+
+
+def test_the_chart_runs_the_commands_and_ports_of_the_images_workloads(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """deploy/docker/workloads.yaml is what the images were proven with: the chart runs those
+    commands, on those ports, from the right image."""
+    spec = yaml.safe_load((ROOT / "deploy" / "docker" / "workloads.yaml").read_text())["workloads"]
+    docs = rendered["minimal"]
+    seen = set()
+    for doc in docs:
+        pod = pod_spec(doc)
+        if pod is None or doc["kind"] == "Pod":
+            continue
+        (c,) = pod["containers"]
+        name = c["name"] if c["name"] != "migrate" else "migrations"
+        want = spec[name]
+        seen.add(name)
+        image = "llmops-models" if "-models" in c["image"].split(":")[0] else "llmops"
+        assert image == want["image"], name
+        if name == "migrations":  # one Job per schema: `llmops db upgrade <schema> --wait N`
+            assert c["command"][:3] == want["command"][:3] and c["command"][3] in (
+                "feedback",
+                "llm-proxy",
+            )
+            continue
+        assert c["command"] == [str(x) for x in want["command"]], name
+        assert c["ports"][0]["containerPort"] == want["port"], name
+    assert seen == set(spec), seen ^ set(spec)

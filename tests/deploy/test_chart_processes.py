@@ -143,6 +143,7 @@ class ChartCluster:
             return self.remap(value)
 
         env = {k: v.replace("/opt/venv", str(venv)) for k, v in image_env(image).items()}
+        env["PYTHONPROFILEIMPORTTIME"] = "1"  # the import log: which modules a pod loads
         env["PATH"] = f"{venv}/bin:{os.environ['PATH']}"
         if "LOCAL_LLM_CACHE_DIR" in env:  # baked into the image by its build step
             env["LOCAL_LLM_CACHE_DIR"] = str(bake_local_llm(self.venvs["llmops-models"]))
@@ -291,5 +292,15 @@ def test_the_minimal_chart_runs_as_processes_and_answers_an_ask(
             qdrant.stop()
     for name, pod in c.pods.items():
         assert "Read-only file system" not in pod.logs(), (name, pod.logs()[-3000:])
+    # The services' own processes never imported the CLI (nor typer): `python -m services.X`.
+    for name in ("retrieval", "llm-proxy", "feedback", "rag"):
+        log = c.pods[f"llmops-{name}"].logs()
+        assert "| services.common.server" in log, log[:2000]  # the import log is there
+        assert "| services.cli" not in log and "| typer" not in log, name
+    # local-llm loaded the GGUF the image's build step converted; rag's outbox was emptied
+    # before it exited: nothing is left on its volume.
+    local_llm = c.pods["llmops-local-llm"].logs()
+    assert '"origin": "cache"' in local_llm or '"origin":"cache"' in local_llm, local_llm[-3000:]
+    assert not list((c.pods["llmops-rag"].cwd / "rag-outbox").glob("*.spool"))
     print(f"startup probe passed after (s): { ({k: round(v, 1) for k, v in timings.items()}) }")
     print(f"resident memory after one ask (MiB): {rss}")
