@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml $(LOCKS)
 	@touch $@
 
 tools: $(TOOLS_STAMP)
+	@deploy/tools/debs.sh  # system packages: checked every time (a few ms)
 
 $(TOOLS_STAMP): $(TOOL_LOCKS)
 	@test -x $(TOOLS)/venv/bin/python || $(PYTHON) -m venv $(TOOLS)/venv

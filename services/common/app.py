@@ -49,12 +49,15 @@ async def healthz(request: Request) -> Response:
 @health_router.get("/readyz", summary="Readiness: the service's dependencies are ready.")
 async def readyz(request: Request) -> Response:
     lifecycle: Lifecycle = request.app.state.lifecycle
+    gauge = request.app.state.metrics.ready
     if lifecycle.stopping:
+        gauge.set(0)
         return error_response(
             503, "Not ready: shutting down.", code="shutting_down", headers={"Retry-After": "1"}
         )
     check: Readiness = request.app.state.readiness
     ready, detail = await check(request.app)
+    gauge.set(1 if ready else 0)
     if ready:
         return Response(
             content=orjson.dumps({"status": "ready", **detail}), media_type="application/json"

@@ -51,6 +51,11 @@ class Metrics:
         self.in_flight = self.gauge(
             "http_requests_in_flight", "Requests being served now.", multiprocess_mode="livesum"
         )
+        # Set by each /readyz answer (the kubelet asks every few seconds): alerts see a pod that
+        # runs but cannot serve (a model that never loaded), which `up` alone does not show.
+        self.ready = self.gauge(
+            "ready", "1 when /readyz last answered ready, 0 when not.", multiprocess_mode="livemin"
+        )
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return Counter(name, doc, labels, namespace=self.namespace, registry=self.registry)

@@ -49,10 +49,19 @@ def _limiter(settings: ProxySettings, metrics: ProxyMetrics) -> Limiter:
 
 
 async def _publish_breakers(state: ProxyState) -> None:
-    """Keep the circuit-state gauge current, half-open transitions included."""
+    """Keep the circuit-state gauge current, half-open transitions included, and the
+    alias-to-deployment gauge equal to the routing in force (it changes on reload)."""
+    published: set[tuple[str, str]] = set()
     while True:
         for name, value in state.router.breaker_states().items():
             state.metrics.circuit_state.labels(name).set(value)
+        pairs = state.router.alias_deployments()
+        if pairs != published:
+            for alias, deployment in published - pairs:
+                state.metrics.alias_deployment.remove(alias, deployment)
+            for alias, deployment in pairs:
+                state.metrics.alias_deployment.labels(alias, deployment).set(1)
+            published = pairs
         await asyncio.sleep(1.0)
 
 

@@ -38,16 +38,19 @@ class ProxyMetrics:
     ttft_seconds: Histogram
     tokens: Counter
     cost: Counter
+    key_spend: Counter
+    key_budget_used: Gauge
     retries: Counter
     fallbacks: Counter
     circuit_state: Gauge
+    alias_deployment: Gauge
     rate_limited: Counter
     redis_errors: Counter
     config_reloads: Counter
 
     @classmethod
     def create(cls, m: Metrics) -> ProxyMetrics:
-        return cls(
+        made = cls(
             requests=m.counter(
                 "llm_requests_total",
                 "Proxied requests by alias, deployment that answered ('none' if none) and status.",
@@ -79,6 +82,16 @@ class ProxyMetrics:
                 "Cost in USD by alias and deployment.",
                 ["alias", "deployment"],
             ),
+            # Per key id (never the key itself): what LiteLLM users ask of spend dashboards.
+            key_spend=m.counter(
+                "llm_key_spend_usd_total", "Cost in USD by virtual key id.", ["key"]
+            ),
+            key_budget_used=m.gauge(
+                "llm_key_budget_used_ratio",
+                "Share of its max_budget_usd a virtual key has spent (keys with a budget).",
+                ["key"],
+                multiprocess_mode="livemax",
+            ),
             retries=m.counter(
                 "llm_retries_total",
                 "Retries of one deployment, by reason.",
@@ -95,6 +108,12 @@ class ProxyMetrics:
                 ["deployment"],
                 multiprocess_mode="liveall",
             ),
+            alias_deployment=m.gauge(
+                "llm_alias_deployment",
+                "1 for each deployment that can answer an alias (its fallbacks included).",
+                ["alias", "deployment"],
+                multiprocess_mode="liveall",
+            ),
             rate_limited=m.counter(
                 "llm_rate_limited_total", "Requests refused by a limit, by reason.", ["reason"]
             ),
@@ -103,6 +122,13 @@ class ProxyMetrics:
                 "llm_config_reloads_total", "Routing config reloads by result.", ["result"]
             ),
         )
+        # Known label values start at 0, so rates and alerts over them have a series to read
+        # before the first event (an absent series reads as "no data", not as zero).
+        for reason in ("rpm", "tpm", "budget", "limiter_unavailable"):
+            made.rate_limited.labels(reason)
+        for result in ("ok", "rejected"):
+            made.config_reloads.labels(result)
+        return made
 
 
 @dataclass

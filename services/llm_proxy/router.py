@@ -191,6 +191,16 @@ class Router:
                 ordered.extend(s for _, s in group)
         return ordered
 
+    def alias_deployments(self) -> set[tuple[str, str]]:
+        """(alias, deployment) for every deployment that can answer an alias, fallbacks
+        included: what an alert needs to tell "every circuit of this alias is open"."""
+        return {
+            (alias, t.deployment)
+            for alias, prices in self.prices.items()
+            for a in prices.chain
+            for t in self.catalog.aliases[a].deployments
+        }
+
     def breaker_states(self) -> dict[str, int]:
         now = time.monotonic()
         out = {}

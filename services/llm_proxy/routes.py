@@ -210,6 +210,12 @@ def _account(
         m.cost.labels(alias, dep.name).inc(cost)
     if not caller.admin:
         state.spend.add(caller.id, alias, dep.name, tin, tout, cost)
+        m.key_spend.labels(caller.id).inc(cost)
+        if caller.max_budget_usd:
+            # The key's spend as last read (key cache TTL, spend flush) plus this call: close
+            # enough to warn before the budget is reached; the limiter enforces it exactly.
+            used = (caller.spend_usd + cost) / caller.max_budget_usd
+            m.key_budget_used.labels(caller.id).set(used)
     if reservation is not None:
         state.limiter.settle(reservation, tin + tout, to_nano(cost))
     return cost

@@ -28,7 +28,7 @@ class RagMetrics:
 
     @classmethod
     def create(cls, m: Metrics) -> RagMetrics:
-        return cls(
+        made = cls(
             asks=m.counter("rag_asks_total", "Asks answered, by outcome.", ["outcome", "stream"]),
             degraded=m.counter(
                 "rag_degraded_total",
@@ -69,6 +69,18 @@ class RagMetrics:
                 multiprocess_mode="livesum",
             ),
         )
+        # Known label values start at 0: alerts and panels over them read 0, not "no data".
+        for reason in (
+            "retrieval_unavailable",
+            "prompt_registry_stale",
+            "prompt_registry_unavailable",
+        ):
+            made.degraded.labels(reason)
+        for reason in ("unavailable", "refused", "spool"):
+            made.outbox_failures.labels(reason)
+        for kind in ("valid", "invalid"):
+            made.citations.labels(kind)
+        return made
 
 
 @dataclass

@@ -132,6 +132,10 @@ class QdrantStore:
         self.m_retries = metrics.counter(
             "retrieval_qdrant_retries_total", "Qdrant calls retried, by operation.", ["operation"]
         )
+        # The hot paths' series start at 0, so error panels and alerts read 0, not "no data".
+        for operation in ("query", "upsert", "delete", "scroll"):
+            self.m_errors.labels(operation)
+            self.m_retries.labels(operation)
 
     async def close(self) -> None:
         await self.client.close()

@@ -4,6 +4,7 @@ kubernetes-validate). A missing engine fails the test, never skips it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,20 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
         spec = doc["spec"]["template"]["spec"]
         return spec
     return None
+
+
+PRODUCTION = CHART / "ci" / "production.yaml"
+
+
+def prometheus_rules(*sets: str, values: Path = PRODUCTION) -> dict[str, Any]:
+    """The chart's PrometheusRule as a Prometheus rule file (``{"groups": [...]}``)."""
+    docs = [d for d in documents(values, *sets) if d["kind"] == "PrometheusRule"]
+    assert len(docs) == 1, f"expected one PrometheusRule from {values.name}, got {len(docs)}"
+    return {"groups": docs[0]["spec"]["groups"]}
+
+
+def promtool() -> str:
+    """Debian's promtool, installed by `make tools`; a test fails (never skips) without it."""
+    found = shutil.which("promtool")
+    assert found, "promtool is missing: run `make tools` (make test does; it installs prometheus)"
+    return found

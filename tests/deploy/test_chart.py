@@ -229,7 +229,7 @@ def test_custom_resources_validate_against_their_crds(
 ) -> None:
     custom = [d for docs in rendered.values() for d in docs if d["apiVersion"] not in CORE_GROUPS]
     kinds = {d["kind"] for d in custom}
-    assert kinds == {"ServiceMonitor", "ScaledObject", "ExternalSecret"}, kinds
+    assert kinds == {"ServiceMonitor", "PrometheusRule", "ScaledObject", "ExternalSecret"}, kinds
     out = _crds(custom, tmp_path)
     assert out["errors"] == [] and len(out["checked"]) == len(custom), out
     # An unknown field deep in a spec, a wrong enum, an unknown kind: each refused.
@@ -237,10 +237,13 @@ def test_custom_resources_validate_against_their_crds(
     monitor["spec"]["endpoints"][0]["scrapeEvery"] = "15s"
     scaled = copy.deepcopy(next(d for d in custom if d["kind"] == "ScaledObject"))
     scaled["spec"]["minReplicaCount"] = "two"
+    rule = copy.deepcopy(next(d for d in custom if d["kind"] == "PrometheusRule"))
+    rule["spec"]["groups"][1]["rules"][0]["expression"] = "up == 0"
     unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
-    out = _crds([monitor, scaled, unknown], tmp_path)
+    out = _crds([monitor, scaled, rule, unknown], tmp_path)
     text = "\n".join(out["errors"])
     assert "'\"scrapeEvery\"' does not exist" in text, text
+    assert "'\"expression\"' does not exist" in text, text
     assert "minReplicaCount" in text and "no schema for example.com/v1 Widget" in text, text
 
 
