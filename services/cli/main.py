@@ -6,7 +6,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -191,6 +191,12 @@ def up_cmd(
     ] = 8000,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     only: Annotated[list[str] | None, typer.Option(help="Run only these services.")] = None,
+    monitoring: Annotated[
+        bool,
+        typer.Option(
+            help="Also run Prometheus (base+1090: 9090) with the chart's rules, when installed."
+        ),
+    ] = False,
 ) -> None:
     """Run every service and an MLflow server on embedded defaults; Ctrl-C stops them all."""
     from honcho.manager import Manager
@@ -203,10 +209,12 @@ def up_cmd(
             f"[red]unknown service(s) {unknown}[/]; choose from: {_service_names()}, mlflow"
         )
         raise typer.Exit(2)
+    from services.cli.monitoring import PROMETHEUS_OFFSET
+
     ports = [
         base_port + (MLFLOW_OFFSET if name == "mlflow" else SERVICES[name].port - 8000)
         for name in names
-    ]
+    ] + ([base_port + PROMETHEUS_OFFSET] if monitoring else [])
     taken = [port for port in ports if not is_free(port, host)]
     if taken:
         console.print(
@@ -231,10 +239,39 @@ def up_cmd(
         cmd = f"{sys.executable} -m services.cli.main serve {name} --host {host} --port {port}"
         manager.add_process(name, cmd, env=env)
         console.print(f"[green]{name}[/] on http://{host}:{port}")
+    if monitoring:
+        _add_prometheus(manager, names, host, base_port, env)
     if "LLMOPS_API_KEY" not in os.environ:
         console.print(f"API key: in {data_dir() / 'dev-api-key'} (send as 'Authorization: Bearer')")
     manager.loop()
     raise typer.Exit(manager.returncode or 0)
+
+
+def _add_prometheus(
+    manager: Any, names: list[str], host: str, base_port: int, env: dict[str, str]
+) -> None:
+    from services.cli.monitoring import PROMETHEUS_OFFSET, RULES, prometheus_command
+
+    targets = {
+        name: f"{host}:{base_port + SERVICES[name].port - 8000}"
+        for name in names
+        if name in SERVICES
+    }
+    port = base_port + PROMETHEUS_OFFSET
+    cmd = prometheus_command(data_dir(), host, port, targets)
+    if cmd is None:
+        console.print(
+            "[yellow]prometheus is not installed[/] (Debian's package `prometheus`; `make tools` "
+            "installs it): running without monitoring"
+        )
+        return
+    manager.add_process("prometheus", cmd, env=env)
+    rules = (
+        "the chart's rules"
+        if RULES.is_file()
+        else "no rules (deploy/monitoring/rules.yaml missing)"
+    )
+    console.print(f"[green]prometheus[/] on http://{host}:{port} ({rules}; alerts at /alerts)")
 
 
 @app.command("ingest")

@@ -44,10 +44,10 @@ def test_serve_with_bad_config_exits_2_with_one_clear_line() -> None:
 
 def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     # embeddings on base + 1, ... feedback + 5, rag + 6, mlflow + 10
-    base = ports.free_base_port([1, 2, 3, 4, 5, 6, 10])
+    base = ports.free_base_port([1, 2, 3, 4, 5, 6, 10, 1090])
     env = clean_env(LLMOPS_DATA_DIR=str(tmp_path))
     log = (tmp_path / "up.log").open("wb")
-    cmd = [*LLMOPS, "up", "--base-port", str(base)]
+    cmd = [*LLMOPS, "up", "--base-port", str(base), "--monitoring"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{base + 1}"
     try:
@@ -86,7 +86,7 @@ def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         assert again.returncode == 0
         row = next(line for line in again.stdout.splitlines() if line.startswith("│"))
         cells = [c.strip() for c in row.split("│")[1:5]]
-        files = 1 + len(list((ROOT / "docs").glob("*.md")))  # README.md and docs/*.md
+        files = 1 + len(list((ROOT / "docs").rglob("*.md")))  # README.md and docs/**/*.md
         assert cells == ["0", str(files), "0", "0"], again.stdout  # all unchanged
         found = run(
             "search", "how is the benchmark ratio computed", "--collection", "demo",
@@ -105,12 +105,33 @@ def test_up_runs_every_service_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             f"{proxy}/v1/models", headers={"Authorization": f"Bearer {made.stdout.strip()}"}
         ).json()
         assert [m["id"] for m in models["data"]] == ["smollm2"]
+
+        # --monitoring: a real Prometheus scraping every service, with the chart's rules.
+        prom = f"http://127.0.0.1:{base + 1090}"
+        deadline = time.monotonic() + 60
+        health: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            try:
+                got = httpx.get(f"{prom}/api/v1/targets", timeout=5).json()
+                health = {t["labels"]["component"]: t["health"]
+                          for t in got["data"]["activeTargets"]}  # fmt: skip
+                if set(health.values()) == {"up"} and len(health) == 6:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert health == dict.fromkeys(
+            ["embeddings", "retrieval", "llm-proxy", "local-llm", "feedback", "rag"], "up"
+        ), health
+        groups = httpx.get(f"{prom}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        assert {g["name"] for g in groups} >= {"llmops-slo-alerts", "llmops-symptoms"}
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         log.close()
     output = (tmp_path / "up.log").read_text()
     assert "embeddings" in output
+    assert f"http://127.0.0.1:{base + 1090}" in output
     assert key not in output  # the key is never printed or logged
     time.sleep(0.5)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -568,3 +569,20 @@ def test_annotations_render(rules: dict[str, Any], tmp_path: Path) -> None:
         },
     ]  # fmt: skip
     run_promtool(tmp_path, rules, tests)
+
+
+def test_standalone_rule_file_is_the_charts(tmp_path: Path) -> None:
+    """deploy/monitoring/rules.yaml (for `llmops up --monitoring`) is the chart's, regenerated."""
+    from tests.conftest import ROOT
+
+    committed = ROOT / "deploy" / "monitoring" / "rules.yaml"
+    fresh = tmp_path / "rules.yaml"
+    r = subprocess.run(
+        [sys.executable,
+         str(ROOT / "deploy" / "monitoring" / "rules.py"), str(fresh)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert fresh.read_text() == committed.read_text(), (
+        "run `python deploy/monitoring/rules.py` and commit deploy/monitoring/rules.yaml"
+    )
