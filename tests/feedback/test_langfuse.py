@@ -1,5 +1,6 @@
-"""Feedback forwarded to Langfuse as scores, captured by a local receiver of Langfuse's public
-API (POST /api/public/scores) with scripted failures."""
+"""Feedback forwarded to Langfuse as scores through the SDK's API client, captured by a local
+receiver of Langfuse's public API as the SDK documents it (POST /api/public/scores with a list of
+scores; 202 accepted, 207 with per-batch rejections) with scripted failures."""
 
 from __future__ import annotations
 
@@ -21,28 +22,44 @@ PUBLIC, SECRET = "pk-lf-test", "sk-lf-test-secret"
 
 
 class Receiver:
-    """Records every score; answers ``fail_next`` requests with 503, or all while ``down``."""
+    """Records every score; answers ``fail_next`` requests with 503, or all while ``down``; a
+    score named in ``refuse`` gets 207 with it rejected, as Langfuse does for an invalid one."""
 
     def __init__(self) -> None:
         self.scores: list[dict[str, Any]] = []
         self.auth: set[str] = set()
+        self.headers: list[dict[str, str]] = []
         self.fail_next = 0
         self.down = False
+        self.refuse: set[str] = set()
         self.lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                status, reply = 202, b'{"message":"Accepted"}'
                 with outer.lock:
                     outer.auth.add(self.headers.get("authorization", ""))
+                    outer.headers.append(dict(self.headers))
                     failing = outer.down or outer.fail_next > 0
                     if outer.fail_next > 0:
                         outer.fail_next -= 1
-                    if not failing and self.path == "/api/public/scores":
-                        outer.scores.append(json.loads(body))
-                status = 503 if failing else 200
-                reply = b'{"message":"down"}' if failing else b'{"id":"ok"}'
+                    if failing:
+                        status, reply = 503, b'{"message":"down"}'
+                    elif self.path != "/api/public/scores":
+                        status, reply = 404, b'{"message":"not found"}'
+                    else:
+                        batch = json.loads(body)
+                        assert isinstance(batch, list), batch  # the endpoint takes a list
+                        kept = [x for x in batch if x["name"] not in outer.refuse]
+                        outer.scores.extend(kept)
+                        if len(kept) < len(batch):
+                            status = 207
+                            reply = json.dumps({
+                                "accepted": len(kept), "rejected": len(batch) - len(kept),
+                                "errors": [{"message": "invalid score"}],
+                            }).encode()  # fmt: skip
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(reply)))
@@ -118,10 +135,46 @@ def test_each_feedback_becomes_one_score_on_the_interactions_trace(
     assert thumbs["metadata"] == {"interaction_id": "lf-1", "user_id": "u"}
     token = base64.b64encode(f"{PUBLIC}:{SECRET}".encode()).decode()
     assert receiver.auth == {f"Basic {token}"}
+    # What the SDK's client sends besides: its public-key and SDK headers, and the documented
+    # field names (camelCase aliases), nothing else.
+    assert all(h.get("X-Langfuse-Public-Key") == PUBLIC for h in receiver.headers)
+    assert all(h.get("X-Langfuse-Sdk-Name") == "llmops-feedback" for h in receiver.headers)
+    documented = {"id", "traceId", "name", "value", "dataType", "comment", "environment",
+                  "metadata"}  # fmt: skip
+    assert all(set(s) <= documented for s in scores.values()), scores
     time.sleep(0.5)  # nothing is sent twice once delivered
     assert len(receiver.scores) == 4
     text = scrape(svc)
     assert metric(text, "llmops_feedback_langfuse_forwarded_total") == 4
+
+
+def test_a_score_langfuse_refuses_is_marked_and_never_resent(
+    start_feedback: Start, pg_url: str, receiver: Receiver
+) -> None:
+    receiver.refuse = {"label"}
+    svc = start_feedback(
+        pg_url,
+        FEEDBACK_LANGFUSE_HOST=receiver.url,
+        FEEDBACK_LANGFUSE_PUBLIC_KEY=PUBLIC,
+        FEEDBACK_LANGFUSE_SECRET_KEY=SECRET,
+        FEEDBACK_LANGFUSE_FLUSH_S="0.2",
+    )
+    with client(svc) as api:
+        assert api.post("/v1/interactions", json=interaction("ref-1")).status_code == 201
+        sent = [
+            {"interaction_id": "ref-1", "kind": "label", "value": "odd"},
+            {"interaction_id": "ref-1", "kind": "thumbs", "value": "down"},
+        ]
+        assert api.post("/v1/feedback", json=sent).status_code == 201
+    assert [s["name"] for s in _wait_for(receiver, 1).values()] == ["thumbs"]
+    deadline = time.monotonic() + 30
+    while metric(scrape(svc), "llmops_feedback_langfuse_forward_failures_total",
+                 reason="rejected") < 1:  # fmt: skip
+        assert time.monotonic() < deadline, "the refusal was not counted"
+        time.sleep(0.2)
+    posts = len(receiver.headers)
+    time.sleep(1)  # three flush intervals: the refused score is not sent again
+    assert len(receiver.headers) == posts
 
 
 def test_langfuse_down_never_blocks_writes_and_catches_up(

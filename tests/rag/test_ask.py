@@ -20,6 +20,7 @@ from tests.conftest import (
     metric,
     scrape,
 )
+from tests.fakes.otlp import OtlpReceiver
 from tests.feedback.conftest import TcpProxy
 from tests.rag.platform import Platform, set_reply
 
@@ -42,6 +43,15 @@ def _reply(request: pytest.FixtureRequest) -> Iterator[None]:
         fake.reset()
         set_reply(fake, REPLY)
     yield
+
+
+def _attrs(span: Any) -> dict[str, Any]:
+    """An OTLP span's attributes as plain values."""
+    out: dict[str, Any] = {}
+    for kv in span.attributes:
+        which = kv.value.WhichOneof("value")
+        out[kv.key] = getattr(kv.value, which) if which else None
+    return out
 
 
 def ask(svc: ServiceProcess, **body: Any) -> httpx.Response:
@@ -207,6 +217,7 @@ def test_prompt_comes_from_the_registry_alias_moves_and_registry_outages(
     base = "Context:\n{{ context }}\n\nQuestion: {{ question }}\nAnswer with [n] citations. "
     v1 = client.register_prompt(name=name, template=base + "MARK-V1")
     client.set_prompt_alias(name, alias="staging", version=int(v1.version))
+    otlp = OtlpReceiver()  # what Langfuse's OTLP endpoint is
     svc = service_factory(
         "rag",
         **platform.rag_env(
@@ -214,6 +225,7 @@ def test_prompt_comes_from_the_registry_alias_moves_and_registry_outages(
             RAG_PROMPT_ALIAS="staging",  # what ENV=staging picks (see test_registry.py)
             RAG_MLFLOW_TRACKING_URI=restartable_mlflow.url,
             RAG_PROMPT_TTL_S="0.5",
+            RAG_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp.port}/api/public/otel",
         ),
     ).wait_ready(60)
 
@@ -227,6 +239,17 @@ def test_prompt_comes_from_the_registry_alias_moves_and_registry_outages(
         time.sleep(0.2)
     assert r.json()["prompt"] == {"name": name, "version": "1", "source": "registry"}
     assert "MARK-V1" in sent() and r.json()["degraded"] == []
+    # The trace Langfuse gets links the generation to the prompt version (its OTel mapping).
+    deadline = time.monotonic() + 30
+    while not (linked := [s for s in otlp.spans() if s.name == "rag.generate" and
+                          _attrs(s).get("langfuse.observation.prompt.version") == 1]):  # fmt: skip
+        assert time.monotonic() < deadline, [s.name for s in otlp.spans()]
+        time.sleep(0.2)
+    attrs = _attrs(linked[0])
+    assert attrs["langfuse.observation.prompt.name"] == name
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.request.model"]
+    assert linked[0].trace_id.hex() == r.json()["trace_id"]
+    otlp.server.shutdown()
 
     v2 = client.register_prompt(name=name, template=base + "MARK-V2")
     client.set_prompt_alias(name, alias="staging", version=int(v2.version))
