@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 import shutil
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -14,6 +15,44 @@ PROMETHEUS_OFFSET = 1090  # base port + 1090: 9090 by default
 # The chart's rules as a plain rule file (generated from the chart; a test keeps them equal).
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "rules.yaml"
 NAMESPACE = "llmops"  # the namespace the rule file selects
+
+
+def prometheus_config(
+    targets: dict[str, str],
+    rule_files: list[str],
+    interval: str = "5s",
+    metrics_path: str = "/metrics",
+) -> dict[str, Any]:
+    """A scrape config with one job per service (service -> host:port), each target labelled
+    as the chart's ServiceMonitor labels it: ``namespace``, ``component`` and a ``pod``."""
+    return {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": rule_files,
+        "scrape_configs": [
+            {
+                "job_name": name,
+                "metrics_path": metrics_path,
+                "static_configs": [
+                    {
+                        "targets": [address],
+                        "labels": {"namespace": NAMESPACE, "component": name, "pod": f"{name}-0"},
+                    }
+                ],
+            }
+            for name, address in targets.items()
+        ],
+    }
+
+
+def prometheus_args(binary: str, root: Path, host: str, port: int) -> list[str]:
+    """``prometheus`` on ``host:port`` with its config and data under ``root``."""
+    return [
+        binary,
+        f"--config.file={root / 'prometheus.yml'}",
+        f"--storage.tsdb.path={root / 'data'}",
+        f"--web.listen-address={host}:{port}",
+        "--log.level=warn",
+    ]
 
 
 def prometheus_command(
@@ -26,30 +65,6 @@ def prometheus_command(
         return None
     root = (data_dir / "prometheus").resolve()
     root.mkdir(parents=True, exist_ok=True)
-    config = {
-        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
-        "rule_files": [str(rules)] if rules.is_file() else [],
-        "scrape_configs": [
-            {
-                "job_name": name,
-                "static_configs": [
-                    {
-                        "targets": [address],
-                        "labels": {"namespace": NAMESPACE, "component": name, "pod": f"{name}-0"},
-                    }
-                ],
-            }
-            for name, address in targets.items()
-        ],
-    }
-    path = root / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    return shlex.join(
-        [
-            binary,
-            f"--config.file={path}",
-            f"--storage.tsdb.path={root / 'data'}",
-            f"--web.listen-address={host}:{port}",
-            "--log.level=warn",
-        ]
-    )
+    config = prometheus_config(targets, [str(rules)] if rules.is_file() else [])
+    (root / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return shlex.join(prometheus_args(binary, root, host, port))

@@ -57,8 +57,15 @@ class Metrics:
             "ready", "1 when /readyz last answered ready, 0 when not.", multiprocess_mode="livemin"
         )
 
-    def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
-        return Counter(name, doc, labels, namespace=self.namespace, registry=self.registry)
+    def counter(
+        self, name: str, doc: str, labels: Sequence[str] = (), initial: Sequence[str] = ()
+    ) -> Counter:
+        """``initial``: the values of a one-label counter known in advance; each starts at 0,
+        so rates, panels and alerts over it read 0 before the first event, not "no data"."""
+        counter = Counter(name, doc, labels, namespace=self.namespace, registry=self.registry)
+        for value in initial:
+            counter.labels(value)
+        return counter
 
     def histogram(
         self,

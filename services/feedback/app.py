@@ -49,7 +49,7 @@ class FeedbackMetrics:
 
     @classmethod
     def create(cls, m: Metrics) -> FeedbackMetrics:
-        made = cls(
+        return cls(
             interactions=m.counter(
                 "feedback_interactions_total",
                 "Interactions committed, by model alias, prompt version and environment.",
@@ -111,12 +111,9 @@ class FeedbackMetrics:
                 "feedback_langfuse_forward_failures_total",
                 "Score sends that failed after retries (unavailable) or were refused (rejected).",
                 ["reason"],
+                initial=("unavailable", "rejected"),
             ),
         )
-        # Known label values start at 0: alerts and panels over them read 0, not "no data".
-        for reason in ("unavailable", "rejected"):
-            made.langfuse_failures.labels(reason)
-        return made
 
     def written(self, w: Written) -> None:
         for row in w.interactions:

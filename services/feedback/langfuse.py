@@ -196,26 +196,21 @@ class LangfuseForwarder:
                     got = await self.api.scores.create(
                         request=[score], request_options={"max_retries": 0}
                     )
-        except ApiError as exc:
+        except (ApiError, httpx.HTTPError) as exc:
             if _transient(exc):
-                self._later(exc)
+                self.on_failure("unavailable")
+                log.warning("langfuse score not sent yet: %s", type(exc).__name__)
                 return None
             self.on_failure("rejected")
-            log.error("langfuse refused a score: HTTP %s %s", exc.status_code, str(exc.body)[:300])
+            status, said = getattr(exc, "status_code", None), getattr(exc, "body", None)
+            log.error("langfuse refused a score: HTTP %s %s", status, str(said)[:300])
             return LANGFUSE_REJECTED
-        except httpx.HTTPError as exc:
-            self._later(exc)
-            return None
         if isinstance(got, CreateScoreBatchResults) and got.rejected:
             self.on_failure("rejected")
             log.error("langfuse refused a score: %s", [e.message for e in got.errors][:3])
             return LANGFUSE_REJECTED
         self.on_sent()
         return LANGFUSE_SENT
-
-    def _later(self, exc: Exception) -> None:
-        self.on_failure("unavailable")
-        log.warning("langfuse score not sent yet: %s", type(exc).__name__)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -50,7 +50,7 @@ class ProxyMetrics:
 
     @classmethod
     def create(cls, m: Metrics) -> ProxyMetrics:
-        made = cls(
+        return cls(
             requests=m.counter(
                 "llm_requests_total",
                 "Proxied requests by alias, deployment that answered ('none' if none) and status.",
@@ -115,20 +115,19 @@ class ProxyMetrics:
                 multiprocess_mode="liveall",
             ),
             rate_limited=m.counter(
-                "llm_rate_limited_total", "Requests refused by a limit, by reason.", ["reason"]
+                "llm_rate_limited_total",
+                "Requests refused by a limit, by reason.",
+                ["reason"],
+                initial=("rpm", "tpm", "budget", "limiter_unavailable"),
             ),
             redis_errors=m.counter("llm_redis_errors_total", "Failed calls to Redis."),
             config_reloads=m.counter(
-                "llm_config_reloads_total", "Routing config reloads by result.", ["result"]
+                "llm_config_reloads_total",
+                "Routing config reloads by result.",
+                ["result"],
+                initial=("ok", "rejected"),
             ),
         )
-        # Known label values start at 0, so rates and alerts over them have a series to read
-        # before the first event (an absent series reads as "no data", not as zero).
-        for reason in ("rpm", "tpm", "budget", "limiter_unavailable"):
-            made.rate_limited.labels(reason)
-        for result in ("ok", "rejected"):
-            made.config_reloads.labels(result)
-        return made
 
 
 @dataclass

@@ -28,13 +28,18 @@ class RagMetrics:
 
     @classmethod
     def create(cls, m: Metrics) -> RagMetrics:
-        made = cls(
+        return cls(
             asks=m.counter("rag_asks_total", "Asks answered, by outcome.", ["outcome", "stream"]),
             degraded=m.counter(
                 "rag_degraded_total",
                 "Asks answered in a degraded mode, by reason (retrieval_unavailable, "
                 "prompt_registry_stale, prompt_registry_unavailable).",
                 ["reason"],
+                initial=(
+                    "retrieval_unavailable",
+                    "prompt_registry_stale",
+                    "prompt_registry_unavailable",
+                ),
             ),
             stage_seconds=m.histogram(
                 "rag_stage_seconds",
@@ -42,7 +47,10 @@ class RagMetrics:
                 ["stage"],
             ),
             citations=m.counter(
-                "rag_citations_total", "Citation markers in answers: valid or invalid.", ["kind"]
+                "rag_citations_total",
+                "Citation markers in answers: valid or invalid.",
+                ["kind"],
+                initial=("valid", "invalid"),
             ),
             outbox_depth=m.gauge(
                 "rag_outbox_depth", "Interactions not yet handed to the feedback service."
@@ -55,6 +63,7 @@ class RagMetrics:
                 "Outbox problems: unavailable (feedback down, retried), refused (dead-lettered), "
                 "spool (local write failed).",
                 ["reason"],
+                initial=("unavailable", "refused", "spool"),
             ),
             dead_letter_entries=m.gauge(
                 "rag_outbox_dead_letter_entries",
@@ -69,18 +78,6 @@ class RagMetrics:
                 multiprocess_mode="livesum",
             ),
         )
-        # Known label values start at 0: alerts and panels over them read 0, not "no data".
-        for reason in (
-            "retrieval_unavailable",
-            "prompt_registry_stale",
-            "prompt_registry_unavailable",
-        ):
-            made.degraded.labels(reason)
-        for reason in ("unavailable", "refused", "spool"):
-            made.outbox_failures.labels(reason)
-        for kind in ("valid", "invalid"):
-            made.citations.labels(kind)
-        return made
 
 
 @dataclass

@@ -123,19 +123,20 @@ class QdrantStore:
         self.read_consistency: Any = (
             consistency if isinstance(consistency, int) else models.ReadConsistencyType(consistency)
         )
+        hot = ("query", "upsert", "delete", "scroll")  # their series start at 0
         self.m_errors = metrics.counter(
             "retrieval_qdrant_errors_total",
             "Qdrant calls that failed, by operation.",
             ["operation"],
+            initial=hot,
         )
         self._sizes: dict[str, tuple[int, float]] = {}
         self.m_retries = metrics.counter(
-            "retrieval_qdrant_retries_total", "Qdrant calls retried, by operation.", ["operation"]
+            "retrieval_qdrant_retries_total",
+            "Qdrant calls retried, by operation.",
+            ["operation"],
+            initial=hot,
         )
-        # The hot paths' series start at 0, so error panels and alerts read 0, not "no data".
-        for operation in ("query", "upsert", "delete", "scroll"):
-            self.m_errors.labels(operation)
-            self.m_retries.labels(operation)
 
     async def close(self) -> None:
         await self.client.close()

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
+from services.cli.monitoring import prometheus_args, prometheus_config
 from tests.conftest import free_port
 from tests.deploy.chart import NAMESPACE
 
@@ -40,35 +41,15 @@ class Prometheus:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         (root / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
-        config = {
-            "global": {"scrape_interval": scrape_interval, "evaluation_interval": "1s"},
-            "rule_files": ["rules.yaml"],
-            "scrape_configs": [
-                {
-                    "job_name": component,
-                    "metrics_path": metrics_path,
-                    "static_configs": [
-                        {
-                            "targets": [url.removeprefix("http://")],
-                            "labels": {
-                                "namespace": NAMESPACE,
-                                "component": component,
-                                "pod": f"{component}-0",
-                            },
-                        }
-                    ],
-                }
-                for component, url in targets.items()
-            ],
-        }
+        # The same scrape config as `llmops up --monitoring`, every second.
+        addresses = {name: url.removeprefix("http://") for name, url in targets.items()}
+        config = prometheus_config(addresses, ["rules.yaml"], scrape_interval, metrics_path)
         (root / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = (root / "prometheus.log").open("wb")
         self.proc = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={root / 'prometheus.yml'}",
-             f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--storage.tsdb.retention.time=1d", "--log.level=warn"],
+            prometheus_args(prometheus_binary(), root, "127.0.0.1", self.port),
             cwd=root, stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.wait(lambda: httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200, 60)

@@ -49,14 +49,15 @@ class Stack:
     budget_key: str
 
 
-def scrape_settings() -> tuple[str, str]:
-    """The ServiceMonitor's path and the label it sets from the Service's component."""
+def scrape_path() -> str:
+    """The ServiceMonitor's metrics path; and it sets the label the rules select on."""
     (monitor,) = [d for d in documents(Path("deploy/helm/llmops/ci/production.yaml"))
                   if d["kind"] == "ServiceMonitor"]  # fmt: skip
     (endpoint,) = monitor["spec"]["endpoints"]
     labels = {r.get("targetLabel") for r in endpoint["relabelings"]}
     assert "component" in labels, endpoint
-    return endpoint["path"], endpoint["interval"]
+    path: str = endpoint["path"]
+    return path
 
 
 def routing(tmp: Path, flaky: FakeUpstream, steady: FakeUpstream) -> Path:
@@ -107,7 +108,7 @@ def stack(
             started = [feedback, proxy, retrieval, rag]
             services = {"embeddings": embeddings, "retrieval": retrieval, "llm-proxy": proxy,
                         "feedback": feedback, "rag": rag}  # fmt: skip
-            path, _interval = scrape_settings()
+            path = scrape_path()
             rules = prometheus_rules(*RULE_SETS)
             prometheus = Prometheus(
                 tmp / "prometheus", {k: v.url for k, v in services.items()}, rules,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import metric, scrape
+from tests.conftest import ServiceProcess, metric, scrape
 from tests.feedback.conftest import Start, client, interaction
 
 PUBLIC, SECRET = "pk-lf-test", "sk-lf-test-secret"
@@ -85,6 +85,17 @@ def receiver() -> Iterator[Receiver]:
     r.server.shutdown()
 
 
+def with_langfuse(start_feedback: Start, pg_url: str, receiver: Receiver) -> ServiceProcess:
+    """A feedback service that forwards to ``receiver`` every 0.2 s."""
+    return start_feedback(
+        pg_url,
+        FEEDBACK_LANGFUSE_HOST=receiver.url,
+        FEEDBACK_LANGFUSE_PUBLIC_KEY=PUBLIC,
+        FEEDBACK_LANGFUSE_SECRET_KEY=SECRET,
+        FEEDBACK_LANGFUSE_FLUSH_S="0.2",
+    )
+
+
 def _wait_for(receiver: Receiver, n: int, timeout: float = 30) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,13 +110,7 @@ def test_each_feedback_becomes_one_score_on_the_interactions_trace(
     start_feedback: Start, pg_url: str, receiver: Receiver
 ) -> None:
     receiver.fail_next = 2  # the first two sends fail: retried, never surfaced to the writer
-    svc = start_feedback(
-        pg_url,
-        FEEDBACK_LANGFUSE_HOST=receiver.url,
-        FEEDBACK_LANGFUSE_PUBLIC_KEY=PUBLIC,
-        FEEDBACK_LANGFUSE_SECRET_KEY=SECRET,
-        FEEDBACK_LANGFUSE_FLUSH_S="0.2",
-    )
+    svc = with_langfuse(start_feedback, pg_url, receiver)
     with client(svc) as api:
         derived = interaction("lf-1", environment="staging")
         given = interaction("lf-2", trace_id="0af7651916cd43dd8448eb211c80319c")
@@ -152,13 +157,7 @@ def test_a_score_langfuse_refuses_is_marked_and_never_resent(
     start_feedback: Start, pg_url: str, receiver: Receiver
 ) -> None:
     receiver.refuse = {"label"}
-    svc = start_feedback(
-        pg_url,
-        FEEDBACK_LANGFUSE_HOST=receiver.url,
-        FEEDBACK_LANGFUSE_PUBLIC_KEY=PUBLIC,
-        FEEDBACK_LANGFUSE_SECRET_KEY=SECRET,
-        FEEDBACK_LANGFUSE_FLUSH_S="0.2",
-    )
+    svc = with_langfuse(start_feedback, pg_url, receiver)
     with client(svc) as api:
         assert api.post("/v1/interactions", json=interaction("ref-1")).status_code == 201
         sent = [
@@ -181,13 +180,7 @@ def test_langfuse_down_never_blocks_writes_and_catches_up(
     start_feedback: Start, pg_url: str, receiver: Receiver
 ) -> None:
     receiver.down = True
-    svc = start_feedback(
-        pg_url,
-        FEEDBACK_LANGFUSE_HOST=receiver.url,
-        FEEDBACK_LANGFUSE_PUBLIC_KEY=PUBLIC,
-        FEEDBACK_LANGFUSE_SECRET_KEY=SECRET,
-        FEEDBACK_LANGFUSE_FLUSH_S="0.2",
-    )
+    svc = with_langfuse(start_feedback, pg_url, receiver)
     with client(svc) as api:
         assert api.post("/v1/interactions", json=interaction("down-1")).status_code == 201
         for n in range(5):
