@@ -1,4 +1,4 @@
-// Validates rendered custom resources against their upstream CRD schemas (the
+// Validates custom resources (the chart's rendered ones, argocd/'s manifests) against their upstream CRD schemas (the
 // @kubernetes-models packages), reading a JSON array of documents on stdin and printing
 // {"checked": [...], "errors": [...]} as JSON. The models' validate() checks types, enums,
 // patterns and required fields but lets unknown fields through, so each document is also
@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { readFileSync } from "node:fs";
 
 const MODELS = {
+  "argoproj.io/v1alpha1": ["@kubernetes-models/argo-cd/argoproj.io/v1alpha1", ["Application", "ApplicationSet", "AppProject"]],
   "monitoring.coreos.com/v1": ["@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1", ["ServiceMonitor", "PrometheusRule", "PodMonitor"]],
   "external-secrets.io/v1": ["@kubernetes-models/external-secrets/external-secrets.io/v1", ["ExternalSecret", "SecretStore", "ClusterSecretStore"]],
   "keda.sh/v1alpha1": ["@kubernetes-models/keda/keda.sh/v1alpha1", ["ScaledObject", "TriggerAuthentication"]],

@@ -2,14 +2,27 @@
 # Debian packages the monitoring tests run (promtool, amtool, a real Prometheus on loopback),
 # pinned; installed only when missing or at another version. Needs root or sudo.
 set -euo pipefail
-PINS=(
-  "prometheus=2.42.0+ds-5+deb12u1"
-  "prometheus-alertmanager=0.25.0-1+b4"
-)
+# Pinned on Debian 12 (our machines); elsewhere (e.g. GitHub's Ubuntu runners, whose archive
+# has other versions) the distribution's own version, said aloud.
+# shellcheck source=/dev/null
+. /etc/os-release
+if [[ "${ID:-}" == debian && "${VERSION_ID:-}" == 12 ]]; then
+  PINS=(
+    "prometheus=2.42.0+ds-5+deb12u1"
+    "prometheus-alertmanager=0.25.0-1+b4"
+  )
+else
+  echo "debs.sh: ${PRETTY_NAME:-unknown system}: installing its own prometheus packages (the pins are Debian 12's)" >&2
+  PINS=("prometheus=" "prometheus-alertmanager=")
+fi
 missing=()
 for pin in "${PINS[@]}"; do
   have=$(dpkg-query -W -f='${Version}' "${pin%%=*}" 2>/dev/null || true)
-  [[ "$have" == "${pin#*=}" ]] || missing+=("$pin")
+  if [[ -z "${pin#*=}" ]]; then
+    [[ -n "$have" ]] || missing+=("${pin%%=*}")
+  else
+    [[ "$have" == "${pin#*=}" ]] || missing+=("$pin")
+  fi
 done
 if ((${#missing[@]})); then
   sudo=""
