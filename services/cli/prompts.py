@@ -459,6 +459,29 @@ def rollback(client: MlflowClient, name: str, alias: str) -> int:
     return 0
 
 
+def sync(
+    client: MlflowClient, name: str, version: str, alias: str, *, gate: PromoteGate | None = None
+) -> int:
+    """Make ``alias`` point at ``version``, as an environment's version.yaml declares it (the
+    chart's prompt-sync hook): nothing when it already does; back to it when it held the alias
+    before (it passed the gate then: a rollback); else a promotion through the gate."""
+    version = _check_version(version)
+    current = current_version(client, name, alias)
+    if current == version:
+        err.print(f"'{escape(alias)}' of {escape(name)} is already version {version}")
+        return 0
+    history = alias_history(client, name, alias)
+    if version not in history:
+        return promote(client, name, version, alias, gate=gate)
+    resolve(client, name, version)
+    history = history[: len(history) - history[::-1].index(version)]
+    client.set_prompt_alias(name, alias, int(version))
+    _set_history(client, name, alias, history)
+    _record(client, name, version, alias, f"back to version {version} (was {current})")
+    err.print(f"'{escape(alias)}' of {escape(name)} back to version {version} (was {current})")
+    return 0
+
+
 # -- commands ----------------------------------------------------------------------------------
 
 
@@ -540,6 +563,20 @@ def _gate() -> PromoteGate:
     from services.cli.evaluate import eval_gate
 
     return eval_gate
+
+
+@prompts_app.command("sync")
+def sync_cmd(
+    name: Annotated[str, typer.Argument(help="Prompt name.")],
+    version: Annotated[str, typer.Option("--version", "-v", help="The version to serve.")],
+    to: Annotated[str, typer.Option("--to", help="The alias (environment) to move.")],
+    tracking_uri: TrackingURI = None,
+) -> None:
+    """Point the alias at --version as declared in Git: a no-op when it already is, a move back
+    when the version held the alias before, else a promotion through the eval gate."""
+    with _reported(tracking_uri):
+        code = sync(connect(tracking_uri), name, version, to, gate=_gate())
+    raise typer.Exit(code)
 
 
 @prompts_app.command("rollback")

@@ -4,15 +4,20 @@ diff, promote, rollback, and one clear line (never a traceback) for every error.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from services.cli.prompts import CLIError, promote, rollback
+from services.cli.prompts import CLIError, promote, rollback, sync
 from tests.cli.mlflow_cli import command, failed, ok, run_all, runner
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
+from tests.deploy.chart import CHART, NAMESPACE, PRODUCTION, RELEASE, helm
 from tests.rag.conftest import mlflow_env
 
 PROMPTS = command("services.cli.prompts", "prompts_app", "llmops prompts")
@@ -122,6 +127,68 @@ def test_promote_history_and_the_gate_hook(registry_url: str) -> None:
     assert promote(c, name, "3", "production", gate=gate, force=True, reason="hotfix") == 0
     assert c.get_prompt_version_by_alias(name, "production").version == 3
     assert c.get_prompt_version(name, 3).tags["llmops.promote_reason"] == "hotfix"
+
+
+def test_sync_follows_the_declared_version_through_the_gate(registry_url: str) -> None:
+    """What the chart's prompt-sync hook does on each Argo CD sync: nothing when the alias
+    already serves the declared version, the gate for a new one, no gate for a way back."""
+    c = client(registry_url)
+    name = unique()
+    for text in ("a {{ question }}", "b {{ question }}", "c {{ question }}"):
+        c.register_prompt(name, text)
+    asked: list[str] = []
+
+    def gate(_: MlflowClient, n: str, v: str, alias: str) -> tuple[bool, str]:
+        asked.append(v)
+        return v != "3", "version 3 lost to production in its eval"
+
+    assert sync(c, name, "1", "production", gate=gate) == 0
+    assert sync(c, name, "2", "production", gate=gate) == 0
+    assert sync(c, name, "2", "production", gate=gate) == 0  # declared again: no-op
+    assert asked == ["1", "2"]
+    with pytest.raises(CLIError, match="refused: version 3 lost"):
+        sync(c, name, "3", "production", gate=gate)
+    assert c.get_prompt_version_by_alias(name, "production").version == 2
+    assert sync(c, name, "1", "production", gate=gate) == 0  # a rollback: served before
+    assert asked == ["1", "2", "3"]
+    assert c.get_prompt_version_by_alias(name, "production").version == 1
+    assert json.loads(c.get_prompt(name).tags["llmops.alias_history.production"]) == ["1"]
+    tags = c.get_prompt_version(name, 1).tags
+    assert tags["llmops.promote_reason"] == "back to version 1 (was 2)"
+
+
+def _hook_job(name: str, version: str) -> dict[str, Any]:
+    """The chart's prompt-sync Job for production, as helm renders it."""
+    out = helm("template", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(PRODUCTION),
+               "--set-string", f"prompt.name={name},prompt.version={version}").stdout  # fmt: skip
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    job: dict[str, Any] = next(
+        d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("prompt-sync")
+    )
+    return job
+
+
+def test_the_chart_hook_job_runs_as_its_manifest_says(registry_url: str) -> None:
+    """The prompt-sync Job's command and env, run as a process against a real MLflow (the
+    cluster's MLflow URL swapped for the test's): a first version goes in, then a version with
+    no passing eval against production's is refused with exit 1 and the alias stays."""
+    c = client(registry_url)
+    name = unique()
+    for text in ("a {{ question }} {{ context }}", "b {{ question }} {{ context }}"):
+        c.register_prompt(name, text)
+    for version, code in (("1", 0), ("2", 1)):
+        container = _hook_job(name, version)["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"][0] == "llmops"
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["MLFLOW_TRACKING_URI"].startswith("http://llmops-mlflow:")
+        env = {**mlflow_env(), **env, "MLFLOW_TRACKING_URI": registry_url, "HOME": str(ROOT)}
+        r = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", *container["command"][1:]],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == code, r.stdout + r.stderr
+    assert "no eval of version 2 against version 1" in " ".join(r.stderr.split())
+    assert c.get_prompt_version_by_alias(name, "production").version == 1
 
 
 def test_usage_errors_are_one_line_exit_2(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ kubernetes-validate). A missing engine fails the test, never skips it."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -77,3 +79,18 @@ def promtool() -> str:
     found = shutil.which("promtool")
     assert found, "promtool is missing: run `make tools` (make test does; it installs prometheus)"
     return found
+
+
+def crd_check(docs: list[dict[str, Any]], tmp_path: Path) -> dict[str, Any]:
+    """deploy/tools/crds.mjs over ``docs``: the upstream CRD models' validate() and TypeScript's
+    excess-property check; ``{"checked": [...], "errors": [...]}``."""
+    path = tmp_path / "crds.json"
+    path.write_text(json.dumps(docs))
+    r = subprocess.run(
+        ["node", "--input-type=module"],
+        stdin=(ROOT / "deploy" / "tools" / "crds.mjs").open(), cwd=tool(NODE_DIR),
+        env={**os.environ, "LLMOPS_CRD_INPUT": str(path)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out

@@ -27,8 +27,8 @@ from tests.deploy.chart import (
     CHART,
     CI_VALUES,
     CORE_GROUPS,
-    NODE_DIR,
     TOOLS_BIN,
+    crd_check,
     documents,
     helm,
     pod_spec,
@@ -211,26 +211,13 @@ def test_core_kinds_validate_strictly(
         assert r.returncode != 0 and word in r.stdout + r.stderr, r.stdout
 
 
-def _crds(docs: list[dict[str, Any]], tmp_path: Path) -> dict[str, Any]:
-    path = tmp_path / "crds.json"
-    path.write_text(json.dumps(docs))
-    r = subprocess.run(
-        ["node", "--input-type=module"],
-        stdin=(ROOT / "deploy" / "tools" / "crds.mjs").open(), cwd=tool(NODE_DIR),
-        env={**os.environ, "LLMOPS_CRD_INPUT": str(path)}, capture_output=True, text=True,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    out: dict[str, Any] = json.loads(r.stdout)
-    return out
-
-
 def test_custom_resources_validate_against_their_crds(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     custom = [d for docs in rendered.values() for d in docs if d["apiVersion"] not in CORE_GROUPS]
     kinds = {d["kind"] for d in custom}
     assert kinds == {"ServiceMonitor", "PrometheusRule", "ScaledObject", "ExternalSecret"}, kinds
-    out = _crds(custom, tmp_path)
+    out = crd_check(custom, tmp_path)
     assert out["errors"] == [] and len(out["checked"]) == len(custom), out
     # An unknown field deep in a spec, a wrong enum, an unknown kind: each refused.
     monitor = copy.deepcopy(next(d for d in custom if d["kind"] == "ServiceMonitor"))
@@ -240,7 +227,7 @@ def test_custom_resources_validate_against_their_crds(
     rule = copy.deepcopy(next(d for d in custom if d["kind"] == "PrometheusRule"))
     rule["spec"]["groups"][1]["rules"][0]["expression"] = "up == 0"
     unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
-    out = _crds([monitor, scaled, rule, unknown], tmp_path)
+    out = crd_check([monitor, scaled, rule, unknown], tmp_path)
     text = "\n".join(out["errors"])
     assert "'\"scrapeEvery\"' does not exist" in text, text
     assert "'\"expression\"' does not exist" in text, text
@@ -376,8 +363,15 @@ def test_workloads_probe_stop_and_scale_as_the_services_need(
         for m in hpa["spec"]["metrics"]:
             if m["type"] == "Pods":
                 assert m["pods"]["metric"]["name"] in served
+    # The prompt's Job runs after the sync (an in-chart MLflow is up by then), gated.
+    sync = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("sync"))
+    assert sync["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PostSync"
+    assert sync["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert sync["spec"]["template"]["spec"]["containers"][0]["command"][-4:] == [
+        "--version", "3", "--to", "production",
+    ]  # fmt: skip
     # The migration Jobs are hooks of both kinds, before everything else.
-    jobs = [d for d in docs if d["kind"] == "Job"]
+    jobs = [d for d in docs if d["kind"] == "Job" and "-migrations-" in d["metadata"]["name"]]
     assert {j["metadata"]["name"].rsplit("-migrations-", 1)[1] for j in jobs} == {
         "feedback",
         "llm-proxy",

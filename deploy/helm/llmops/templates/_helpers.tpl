@@ -90,3 +90,8 @@ app.kubernetes.io/part-of: llmops
 {{- $s := .Values.shutdown -}}
 {{- add (int $s.preStopSeconds) (int $s.delaySeconds) (int $s.gracefulSeconds) 10 -}}
 {{- end -}}
+
+{{/* The prompt alias rag serves and prompt-sync moves: prompt.alias, else the environment. */}}
+{{- define "llmops.promptAlias" -}}
+{{- .Values.prompt.alias | default (ternary .Values.environment "production" (has .Values.environment (list "staging" "production"))) -}}
+{{- end -}}

@@ -32,6 +32,10 @@ PersistentVolumeClaim, an HPA or a KEDA ScaledObject, and a PodDisruptionBudget.
 {{- $_ := set $env "RETRIEVAL_REPLICATION_FACTOR" (toString $q.collection.replicationFactor) -}}
 {{- $_ := set $env "RETRIEVAL_WRITE_CONSISTENCY_FACTOR" (toString $q.collection.writeConsistencyFactor) -}}
 {{- end -}}
+{{- if eq $name "rag" -}}
+{{- $_ := set $env "RAG_PROMPT_NAME" $root.Values.prompt.name -}}
+{{- $_ := set $env "RAG_PROMPT_ALIAS" (include "llmops.promptAlias" $root) -}}
+{{- end -}}
 {{- if eq $name "llm-proxy" -}}
 {{- $_ := set $env "LLM_PROXY_CONFIG_PATH" "/etc/llmops/routing/llm-proxy.yaml" -}}
 {{- end -}}
