@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from services.cli.models import models_app
+from services.cli.promote import env_diff_cmd, promote_cmd, rollback_cmd
 from services.cli.prompts import prompts_app
 from services.common.auth import hash_key
 from services.common.ports import is_free
@@ -351,6 +352,9 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
+app.command("promote")(promote_cmd)
+app.command("rollback")(rollback_cmd)
+app.command("env-diff")(env_diff_cmd)
 ProxyURL = Annotated[
     str | None, typer.Option("--url", help="Proxy URL; default $LLMOPS_PROXY_URL or :8003.")
 ]
