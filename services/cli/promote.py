@@ -349,7 +349,7 @@ def move(
     """Write the version file, the rendered diff and the PR body unless a check blocks."""
     after = with_version(target, root, version_text)
     checks = [*checks, *_chart_note(root, chart, [target, after])]
-    out.print(checks_table(checks))
+    err.print(checks_table(checks))
     blocked = [c for c in checks if c.status == "blocked"]
     if blocked:
         err.print(
@@ -369,6 +369,8 @@ def move(
         diff_file.write_text(diff, encoding="utf-8")
     if pr_body_file:
         pr_body_file.write_text(body, encoding="utf-8")
+    else:
+        sys.stdout.write(body)  # the PR body on stdout, the table and verdict on stderr
     if target.version_file.read_text(encoding="utf-8") == version_text:
         err.print(f"{target.name} already runs this version file: nothing to change")
         return 0

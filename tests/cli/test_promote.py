@@ -118,7 +118,7 @@ def test_a_healthy_staging_is_promoted_with_its_diff_and_pr_body(
     # What it could not check is said, in the table and in the PR.
     assert "error budget | ⚠️ unchecked | no Prometheus URL" in text
     assert "prompt gate | ⚠️ unchecked" in text and "**Not checked (2):**" in text
-    assert "unchecked" in r.stdout and "Traceback" not in r.stderr
+    assert "unchecked" in r.stderr and "Traceback" not in r.stderr
 
 
 def broken(kind: str, fake: FakeKubernetes, repo: Path) -> None:
@@ -220,7 +220,8 @@ def test_the_error_budget_from_a_real_prometheus(
         # Fast over 1h but not over 5m: the page does not fire (both windows must), so it passes.
         r = run(repo, *args, "--prometheus-url", prom.url)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "burn 20.00x over 1h, 2.00x over 5m (page at 14.4x)" in r.stdout
+        assert "burn 20.00x over 1h, 2.00x over 5m (page at 14.4x)" in r.stderr
+        assert r.stdout.startswith("## Promote staging to production")  # no file: the PR body
         assert "dry run" in r.stderr and git(repo, "status", "--porcelain") == ""
 
         (tmp_path / "prom/rules.yaml").write_text(yaml.safe_dump(burn_rules(20.0, 30.0, True)))
@@ -235,7 +236,7 @@ def test_the_error_budget_from_a_real_prometheus(
         prom.stop()
     # Prometheus gone: stated as not checked, never a pass and never a crash.
     r = run(repo, *args, "--prometheus-url", prom.url)
-    assert r.returncode == 0 and "error budget" in r.stdout and "unchecked" in r.stdout
+    assert r.returncode == 0 and "error budget" in r.stderr and "unchecked" in r.stderr
 
 
 def test_the_prompt_gate_against_what_production_serves(
@@ -290,7 +291,7 @@ def test_rollback_puts_back_the_previous_version_file(
     assert '+            - "1"' in diff.read_text()
     # The same motion with an explicit revision, and a revision that has no such file.
     r = run(repo, "rollback", "production", "--to", "HEAD", "--dry-run")
-    assert r.returncode == 0 and "unchecked" in r.stdout  # no cluster: stated
+    assert r.returncode == 0 and "unchecked" in r.stderr  # no cluster: stated
     r = run(repo, "rollback", "production", "--to", "no-such-rev")
     assert r.returncode == 1 and "does not exist at no-such-rev" in r.stderr
 
