@@ -61,6 +61,15 @@ def test_every_manifest_and_generated_application_validates_against_the_crds(
     assert "manualSync" in text, text
 
 
+def test_every_yaml_under_argocd_is_checked() -> None:
+    """No document escapes the CRD check: every YAML file is a manifest of bootstrap/ or apps/,
+    or an environment's version.yaml or values.yaml (Helm values, checked by rendering)."""
+    envs = {f"envs/{e}/{f}" for e in environments(ROOT) for f in ("version.yaml", "values.yaml")}
+    for path in ARGOCD.rglob("*.y*ml"):
+        rel = path.relative_to(ARGOCD).as_posix()
+        assert rel.split("/")[0] in MANIFEST_DIRS or rel in envs, rel
+
+
 def test_the_application_set_never_deletes_and_its_template_is_plain_fields() -> None:
     appset = by_kind("ApplicationSet")["llmops-environments"]
     policy = appset["spec"]["syncPolicy"]
