@@ -214,7 +214,8 @@ class OnnxEncoder:
         dim = int(self.session.get_outputs()[0].shape[-1])
         from transformers import AutoTokenizer
 
-        fallback = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        # bandit B615 (Hub download without a revision): a local directory, never the Hub.
+        fallback = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)  # nosec B615
         self._tok = _Tokenizer(model_dir, max_tokens, fallback)
         special = len(self._tok([""], False)[0])
         self.info = ModelInfo(name, model_dir, dim, max_tokens, f"onnx-{quantization}", special)

@@ -223,9 +223,11 @@ def _load_dir(path: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    # bandit B615 (Hub download without a revision): a local directory, never the Hub.
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)  # nosec B615
     # float32: this CPU class has no fast bf16/fp16 matmul; half precision is slower here.
-    model = AutoModelForCausalLM.from_pretrained(
+    # bandit B615 (Hub download without a revision): a local directory, never the Hub.
+    model = AutoModelForCausalLM.from_pretrained(  # nosec B615
         str(path), local_files_only=True, dtype=torch.float32
     )
     return tokenizer, model
@@ -235,12 +237,14 @@ def _load_gguf(source: ModelSource, timings: dict[str, float]) -> tuple[Any, Any
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(
+    # bandit B615 (Hub download without a revision): a local directory, never the Hub.
+    tokenizer = AutoTokenizer.from_pretrained(  # nosec B615
         str(source.directory), gguf_file=source.gguf_file, local_files_only=True
     )
     timings["gguf_tokenizer_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    model: Any = AutoModelForCausalLM.from_pretrained(
+    # bandit B615 (Hub download without a revision): a local directory, never the Hub.
+    model: Any = AutoModelForCausalLM.from_pretrained(  # nosec B615
         str(source.directory), gguf_file=source.gguf_file, local_files_only=True
     )
     timings["gguf_model_s"] = time.perf_counter() - started

@@ -9,7 +9,10 @@ tests/deploy/test_chart_processes.py, from the chart's rendering of deploy/docke
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import ROOT
@@ -74,3 +77,67 @@ def test_the_llmops_install_has_no_torch(lean: Path) -> None:
     code = f"import {', '.join([*mods.split(), 'services.cli.main', 'services.feedback.db'])}"
     r = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd="/")
     assert r.returncode == 0, r.stderr
+
+
+# -- licences of what the images ship -----------------------------------------------------------
+
+# Permissive licences, as pip-licenses reports them (SPDX ids and trove classifier names).
+PERMISSIVE = {
+    "MIT", "MIT License", "MIT-0", "MIT-CMU", "BSD License", "BSD-2-Clause", "BSD-3-Clause",
+    "3-Clause BSD License", "0BSD", "Apache-2.0", "Apache Software License", "Apache 2.0 License",
+    "LLVM-exception", "ISC", "ISC License (ISCL)", "Python Software Foundation License",
+    "PSF-2.0", "CNRI-Python", "Zlib", "CC0-1.0", "BSL-1.0",
+}  # fmt: skip
+# Outside that list, each with the reason it may ship anyway. Nothing else may.
+REVIEWED = {
+    "psycopg": "LGPL-3.0: imported unmodified as a library, which the LGPL allows in any image",
+    "psycopg-binary": "LGPL-3.0: psycopg's C build, shipped unmodified as published",
+    "certifi": "MPL-2.0, file-level copyleft: its CA bundle ships unmodified",
+    "orjson": "MPL-2.0 in part (file-level copyleft): the wheel ships unmodified",
+    "tqdm": "MPL-2.0 in part (file-level copyleft): shipped unmodified",
+    "huey": "no licence metadata; its LICENSE file is MIT",
+    "skops": "no licence metadata ('OSI Approved' only); its LICENSE file is MIT",
+}
+_PARTS = re.compile(r"\s+(?:AND|OR|WITH)\s+|[;()]")
+
+
+def licence_problems(rows: list[dict[str, str]]) -> list[str]:
+    """The packages whose licence has a part outside PERMISSIVE and is not REVIEWED."""
+    bad = []
+    for row in rows:
+        whole = row["License"]
+        parts = {whole} if whole in PERMISSIVE else {p.strip() for p in _PARTS.split(whole)} - {""}
+        if parts - PERMISSIVE and row["Name"].lower() not in REVIEWED:
+            bad.append(f"{row['Name']} {row['Version']}: {row['License']}")
+    return bad
+
+
+def licences(venv: Path) -> list[dict[str, str]]:
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "pip-licenses"), "--python", str(venv / "bin/python"),
+         "--from", "mixed", "--format", "json", "--with-system"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows: list[dict[str, str]] = json.loads(r.stdout)
+    return rows
+
+
+def test_the_images_ship_only_allowed_licences(lean: Path, models: Path) -> None:
+    """The runtime closure of both images (their lock files, installed as the Dockerfile does):
+    every licence permissive, or reviewed with its reason."""
+    seen: set[str] = set()
+    for venv in (lean, models):
+        rows = licences(venv)
+        dists = list((venv / "lib").glob("python3*/site-packages/*.dist-info"))
+        assert len(rows) == len(dists) > 50, (len(rows), len(dists))  # it read them all
+        assert licence_problems(rows) == [], venv.name
+        seen |= {r["Name"].lower() for r in rows}
+    assert set(REVIEWED) <= seen, f"stale reviews: {set(REVIEWED) - seen}"
+    assert {"torch", "mlflow", "psycopg"} <= seen
+    # The policy refuses copyleft and unknown licences.
+    rows = [
+        {"Name": "gplthing", "Version": "1", "License": "GPL-3.0-or-later"},
+        {"Name": "mystery", "Version": "1", "License": "UNKNOWN"},
+        {"Name": "dual", "Version": "1", "License": "MIT OR AGPL-3.0"},
+    ]
+    assert len(licence_problems(rows)) == 3

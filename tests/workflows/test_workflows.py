@@ -297,7 +297,9 @@ def test_least_privilege_timeouts_and_no_untrusted_input_in_scripts(path: Path) 
 
 
 def test_ci_runs_make_test_with_its_services() -> None:
-    (job,) = jobs(WORKFLOWS / "ci.yml").values()
+    ci = jobs(WORKFLOWS / "ci.yml")
+    assert set(ci) == {"test", "pip-audit"}, set(ci)
+    job = ci["test"]
     scripts = "\n".join(step.get("run", "") for step in job["steps"])
     assert re.search(r"\bmake test\b", scripts), scripts
     assert re.search(r"^test:", (ROOT / "Makefile").read_text(), re.M)
@@ -305,6 +307,11 @@ def test_ci_runs_make_test_with_its_services() -> None:
     ports = {p for s in job["services"].values() for p in s["ports"]}
     assert ports == {"5432:5432", "6379:6379"}
     assert job["services"]["postgres"]["env"]["POSTGRES_HOST_AUTH_METHOD"] == "trust"
+    # pip-audit runs there only, strict (here it would skip every package and pass).
+    audit = "\n".join(step.get("run", "") for step in ci["pip-audit"]["steps"])
+    assert "pip-audit==" in audit and "--strict" in audit
+    for lock in re.findall(r"requirements/\S+\.txt", audit):
+        assert (ROOT / lock).is_file(), lock
 
 
 def test_make_targets_named_exist() -> None:
