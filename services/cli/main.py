@@ -16,6 +16,7 @@ from services.cli.promote import env_diff_cmd, promote_cmd, rollback_cmd
 from services.cli.prompts import prompts_app
 from services.common.auth import hash_key
 from services.common.ports import is_free
+from services.common.scopes import SCOPES, parse_key_entry
 from services.common.server import SERVICES, serve
 
 app = typer.Typer(
@@ -337,14 +338,30 @@ def hash_key_cmd(
     key: Annotated[
         str | None, typer.Argument(help="The key; read from stdin when omitted.")
     ] = None,
+    scopes: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Comma-separated scopes the key may use ({', '.join(SCOPES)}); "
+            "default: every scope."
+        ),
+    ] = None,
 ) -> None:
-    """Print the SHA-256 digest to put in <SERVICE>_API_KEY_HASHES (keys are never stored)."""
+    """Print the SHA-256 digest to put in <SERVICE>_API_KEY_HASHES (keys are never stored),
+    with the key's scopes when given (``<digest>:ask+search``)."""
     value = key if key is not None else sys.stdin.readline()
     value = value.strip()
     if not value:
         console.print("[red]empty key[/]")
         raise typer.Exit(2)
-    print(hash_key(value))
+    entry = hash_key(value)
+    if scopes is not None:
+        entry += ":" + "+".join(s.strip() for s in scopes.split(",") if s.strip())
+        try:
+            parse_key_entry(entry)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
+    print(entry)
 
 
 keys_app = typer.Typer(

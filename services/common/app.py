@@ -126,7 +126,7 @@ def build_app(
     if fast_routes:
         app.add_middleware(FastRouteMiddleware, routes=fast_routes)
     if settings.static_api_keys and not settings.auth_disabled:
-        app.add_middleware(AuthMiddleware, key_hashes=settings.api_key_hashes)
+        app.add_middleware(AuthMiddleware, key_hashes=settings.api_key_hashes, routes=app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, state=app.state)
     return app

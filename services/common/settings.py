@@ -35,6 +35,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from services.common.scopes import parse_key_entry
+
 Environment = Literal["dev", "staging", "production"]
 
 PLACEHOLDER_SECRETS = frozenset(
@@ -168,13 +170,15 @@ class ServiceSettings(BaseSettings):
     def _check_hashes(cls, value: list[str]) -> list[str]:
         out = []
         for item in value:
-            digest = item.lower().removeprefix("sha256:")
+            digest, scopes = parse_key_entry(item.strip().removeprefix("sha256:"))
+            digest = digest.lower()
             if not _SHA256_HEX.match(digest):
                 raise ValueError(
                     "api_key_hashes takes SHA-256 hex digests of keys (64 hex characters), "
-                    "never plain keys: compute one with `llmops hash-key`"
+                    "each optionally followed by :scope+scope, never plain keys: compute one "
+                    "with `llmops hash-key [--scopes ask,search]`"
                 )
-            out.append(digest)
+            out.append(digest if scopes is None else f"{digest}:{'+'.join(sorted(scopes))}")
         return out
 
     def worker_limit(self) -> tuple[int, str] | None:

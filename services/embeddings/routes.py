@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from services.common.errors import APIError
 from services.common.loading import not_ready
+from services.common.scopes import needs_scope
 from services.embeddings.batcher import Batcher, BatcherStopped, QueueFull
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.encoder import Encoder, Vectors
@@ -84,7 +85,11 @@ def _texts(raw: str | list[Any], limit: int) -> list[str]:
     return texts
 
 
-@router.get("/v1/models", summary="The served model, with its dimension and input limit.")
+@router.get(
+    "/v1/models",
+    openapi_extra=needs_scope("embed"),
+    summary="The served model, with its dimension and input limit.",
+)
 async def list_models(request: Request) -> dict[str, Any]:
     encoder, _ = _ready(request)
     settings: EmbeddingsSettings = request.app.state.settings
@@ -93,7 +98,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [_card(encoder, created, n).model_dump() for n in names]}
 
 
-@router.get("/v1/models/{model}", summary="One served model.")
+@router.get("/v1/models/{model}", openapi_extra=needs_scope("embed"), summary="One served model.")
 async def get_model(model: str, request: Request) -> ModelCard:
     encoder, _ = _ready(request)
     _check_model(model, encoder, request.app.state.settings)
@@ -133,7 +138,11 @@ def _shorten(vectors: Vectors, wanted: int | None) -> Vectors:
     return np.ascontiguousarray(cut / np.clip(norms, 1e-12, None), dtype=np.float32)
 
 
-@router.post("/v1/embeddings", summary="Create embeddings (OpenAI-compatible).")
+@router.post(
+    "/v1/embeddings",
+    openapi_extra=needs_scope("embed"),
+    summary="Create embeddings (OpenAI-compatible).",
+)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     encoder, batcher = _ready(request)
     settings: EmbeddingsSettings = request.app.state.settings
@@ -210,7 +219,11 @@ async def create_embeddings(body: EmbeddingRequest, request: Request) -> Respons
     )
 
 
-@router.post("/v1/tokenize", summary="Token counts with the model's tokenizer (as in TEI).")
+@router.post(
+    "/v1/tokenize",
+    openapi_extra=needs_scope("embed"),
+    summary="Token counts with the model's tokenizer (as in TEI).",
+)
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     """Lets callers (the retrieval chunker) size text in this model's tokens without loading it."""
     encoder, _ = _ready(request)

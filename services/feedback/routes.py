@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.responses import Response, StreamingResponse
 
 from services.common.errors import APIError, error_response, validation_error
+from services.common.scopes import needs_scope
 from services.feedback.committer import is_outage
 from services.feedback.queries import (
     FORMATS,
@@ -127,6 +128,7 @@ _WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post(
     "/interactions",
+    openapi_extra=needs_scope("feedback:write"),
     status_code=201,
     responses=_WRITE_RESPONSES,
     summary="Record an interaction (idempotent on its id).",
@@ -137,6 +139,7 @@ async def post_interaction(request: Request, body: InteractionIn) -> Response:
 
 @router.post(
     "/feedback",
+    openapi_extra=needs_scope("feedback:write"),
     status_code=201,
     responses=_WRITE_RESPONSES,
     summary="Record feedback: one object, or an array of up to 1,000 (all or none).",
@@ -149,6 +152,7 @@ async def post_feedback(
 
 @router.post(
     "/preferences",
+    openapi_extra=needs_scope("feedback:write"),
     status_code=201,
     responses=_WRITE_RESPONSES,
     summary="Record a preference: two interactions on one prompt, or a correction.",
@@ -208,7 +212,11 @@ def _dump(data: Any) -> Response:
     return Response(orjson.dumps(data), media_type=JSON)
 
 
-@router.get("/interactions", summary="List interactions, newest first.")
+@router.get(
+    "/interactions",
+    openapi_extra=needs_scope("feedback:read"),
+    summary="List interactions, newest first.",
+)
 async def get_interactions(
     request: Request,
     f: Scope,
@@ -223,7 +231,11 @@ async def get_interactions(
     return _dump(await _read(list_interactions, _state(request).engine, f, limit, cursor))
 
 
-@router.get("/interactions/{interaction_id}", summary="One interaction with its feedback.")
+@router.get(
+    "/interactions/{interaction_id}",
+    openapi_extra=needs_scope("feedback:read"),
+    summary="One interaction with its feedback.",
+)
 async def get_one_interaction(request: Request, interaction_id: str) -> Response:
     found = await _read(get_interaction, _state(request).engine, interaction_id)
     if found is None:
@@ -231,7 +243,9 @@ async def get_one_interaction(request: Request, interaction_id: str) -> Response
     return _dump(found)
 
 
-@router.get("/feedback", summary="List feedback, newest first.")
+@router.get(
+    "/feedback", openapi_extra=needs_scope("feedback:read"), summary="List feedback, newest first."
+)
 async def get_feedback(
     request: Request,
     f: Scope,
@@ -255,14 +269,22 @@ async def get_feedback(
     return _dump(await _read(list_feedback, _state(request).engine, f, limit, cursor))
 
 
-@router.get("/preferences", summary="List preference pairs, newest first.")
+@router.get(
+    "/preferences",
+    openapi_extra=needs_scope("feedback:read"),
+    summary="List preference pairs, newest first.",
+)
 async def get_preferences(
     request: Request, f: Scope, limit: Limit = 50, cursor: Cursor = None
 ) -> Response:
     return _dump(await _read(list_preferences, _state(request).engine, f, limit, cursor))
 
 
-@router.get("/feedback/stats", summary="Counts and positive rate (95% Wilson CI) per group.")
+@router.get(
+    "/feedback/stats",
+    openapi_extra=needs_scope("feedback:read"),
+    summary="Counts and positive rate (95% Wilson CI) per group.",
+)
 async def get_stats(
     request: Request,
     f: Scope,
@@ -284,6 +306,7 @@ async def get_stats(
 
 @router.get(
     "/exports/{fmt}",
+    openapi_extra=needs_scope("feedback:read"),
     summary="Stream a dataset as JSONL (TRL's conversational columns).",
     response_class=StreamingResponse,
 )

@@ -16,6 +16,7 @@ from starlette.background import BackgroundTask
 
 from services.common.errors import APIError, error_body
 from services.common.loading import not_ready
+from services.common.scopes import needs_scope
 from services.local_llm.config import LocalLLMSettings
 from services.local_llm.generator import (
     Completion,
@@ -61,14 +62,18 @@ def _check_model(model: str, settings: LocalLLMSettings) -> None:
         )
 
 
-@router.get("/v1/models", summary="The served model, with its context and output limits.")
+@router.get(
+    "/v1/models",
+    openapi_extra=needs_scope("chat"),
+    summary="The served model, with its context and output limits.",
+)
 async def list_models(request: Request) -> dict[str, Any]:
     generator, _ = _ready(request)
     card = _card(generator, request.app.state.settings, request.app.state.loaded_at)
     return {"object": "list", "data": [card.model_dump()]}
 
 
-@router.get("/v1/models/{model}", summary="One served model.")
+@router.get("/v1/models/{model}", openapi_extra=needs_scope("chat"), summary="One served model.")
 async def get_model(model: str, request: Request) -> ModelCard:
     generator, _ = _ready(request)
     settings: LocalLLMSettings = request.app.state.settings
@@ -167,7 +172,11 @@ def _budget(body: ChatCompletionRequest, settings: LocalLLMSettings, prompt: int
     return wanted
 
 
-@router.post("/v1/chat/completions", summary="Create a chat completion (OpenAI-compatible).")
+@router.post(
+    "/v1/chat/completions",
+    openapi_extra=needs_scope("chat"),
+    summary="Create a chat completion (OpenAI-compatible).",
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     generator, scheduler = _ready(request)
     settings: LocalLLMSettings = request.app.state.settings

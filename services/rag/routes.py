@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
 from services.common.errors import APIError
+from services.common.scopes import needs_scope
 from services.rag import pipeline
 from services.rag.state import RagState
 
@@ -33,7 +34,11 @@ class AskIn(BaseModel):
     )
 
 
-@router.post("/ask", summary="Answer a question from a collection, with citations.")
+@router.post(
+    "/ask",
+    openapi_extra=needs_scope("ask"),
+    summary="Answer a question from a collection, with citations.",
+)
 async def ask(body: AskIn, request: Request) -> Response:
     state: RagState = request.app.state.rag
     settings = state.settings

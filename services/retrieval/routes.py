@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.common.errors import APIError
+from services.common.scopes import needs_scope
 from services.retrieval.embedder import EmbeddingsClient, EmbeddingsUnavailable
 from services.retrieval.filters import to_qdrant
 from services.retrieval.ingest import Ingestor
@@ -50,7 +51,12 @@ def _unavailable(exc: EmbeddingsUnavailable) -> APIError:
     )
 
 
-@router.post("/v1/collections", status_code=201, summary="Create a collection.")
+@router.post(
+    "/v1/collections",
+    openapi_extra=needs_scope("ingest"),
+    status_code=201,
+    summary="Create a collection.",
+)
 async def create_collection(body: CollectionCreate, request: Request) -> JSONResponse:
     store = _store(request)
     if await store.exists(body.name):
@@ -67,24 +73,38 @@ async def create_collection(body: CollectionCreate, request: Request) -> JSONRes
     return JSONResponse(_card(info), status_code=201)
 
 
-@router.get("/v1/collections", summary="Collections with their point counts.")
+@router.get(
+    "/v1/collections",
+    openapi_extra=needs_scope("search"),
+    summary="Collections with their point counts.",
+)
 async def list_collections(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [_card(c) for c in await _store(request).all()]}
 
 
-@router.get("/v1/collections/{name}", summary="One collection.")
+@router.get(
+    "/v1/collections/{name}", openapi_extra=needs_scope("search"), summary="One collection."
+)
 async def get_collection(name: str, request: Request) -> dict[str, Any]:
     return _card(await _collection(request, name))
 
 
-@router.delete("/v1/collections/{name}", summary="Delete a collection and all its points.")
+@router.delete(
+    "/v1/collections/{name}",
+    openapi_extra=needs_scope("admin"),
+    summary="Delete a collection and all its points.",
+)
 async def delete_collection(name: str, request: Request) -> dict[str, Any]:
     await _collection(request, name)
     await _store(request).drop(name)
     return {"deleted": name}
 
 
-@router.post("/v1/collections/{name}/documents", summary="Ingest documents (idempotent).")
+@router.post(
+    "/v1/collections/{name}/documents",
+    openapi_extra=needs_scope("ingest"),
+    summary="Ingest documents (idempotent).",
+)
 async def ingest_documents(name: str, body: DocumentsRequest, request: Request) -> dict[str, Any]:
     settings = request.app.state.settings
     docs = body.documents
@@ -123,7 +143,11 @@ async def ingest_documents(name: str, body: DocumentsRequest, request: Request) 
     }
 
 
-@router.delete("/v1/collections/{name}/documents/{doc_id:path}", summary="Delete a document.")
+@router.delete(
+    "/v1/collections/{name}/documents/{doc_id:path}",
+    openapi_extra=needs_scope("ingest"),
+    summary="Delete a document.",
+)
 async def delete_document(name: str, doc_id: str, request: Request) -> dict[str, Any]:
     await _collection(request, name)
     store = _store(request)
@@ -140,7 +164,11 @@ async def delete_document(name: str, doc_id: str, request: Request) -> dict[str,
     return {"id": doc_id, "deleted_chunks": count}
 
 
-@router.post("/v1/collections/{name}/search", summary="Nearest chunks to a text or a vector.")
+@router.post(
+    "/v1/collections/{name}/search",
+    openapi_extra=needs_scope("search"),
+    summary="Nearest chunks to a text or a vector.",
+)
 async def search(name: str, body: SearchRequest, request: Request) -> dict[str, Any]:
     settings = request.app.state.settings
     metrics = request.app.state.search_metrics

@@ -30,6 +30,13 @@ def test_hash_key_matches_configured_digest() -> None:
     assert run("hash-key", stdin=API_KEY + "\n").stdout.strip() == API_KEY_HASH
 
 
+def test_hash_key_with_scopes() -> None:
+    r = run("hash-key", API_KEY, "--scopes", "search, ask")
+    assert r.returncode == 0 and r.stdout.strip() == f"{API_KEY_HASH}:search+ask"
+    r = run("hash-key", API_KEY, "--scopes", "everything")
+    assert r.returncode == 2 and "unknown scope(s) everything" in r.stderr
+
+
 def test_serve_with_bad_config_exits_2_with_one_clear_line() -> None:
     r = run("serve", "embeddings", "--port", str(free_port()))
     assert r.returncode == 2
