@@ -1,10 +1,14 @@
 """Ingest: load, chunk, embed, upsert; idempotent per document.
 
-Point ids are UUIDv5 of (document id, chunk number) and every chunk carries the document's
-content hash, so re-sending an unchanged document costs one lookup, and a changed one
-overwrites its chunks then drops the ones left over. Vectors are computed before anything is
-written: when embedding fails the stored document is untouched. If a write fails half-way, the
-document's chunks are removed rather than left half old, half new, and it is reported failed.
+Every chunk carries the document's content hash, so re-sending an unchanged document costs
+one lookup. A changed document is written as a new *version* (a number that grows with time,
+in every chunk's payload and in its point id) beside the old one, then the older versions are
+dropped, so readers never see a half-written document for longer than that step. Two replicas
+writing the same document at once each write their own version; each then drops what is older
+than its own, and the one that finds a newer version drops its own: one whole version is left
+(the newest), whatever the interleaving. Vectors are computed before anything is written: when
+embedding fails the stored document is untouched; when a write fails half-way its own chunks
+are removed and the previous version stays whole.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import binascii
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 import uuid
 import weakref
@@ -45,8 +50,14 @@ class Outcome:
     reason: str | None = None
 
 
-def point_id(doc_id: str, chunk: int) -> str:
-    return str(uuid.uuid5(NAMESPACE, f"{doc_id}\x00{chunk}"))
+def point_id(doc_id: str, version: int, chunk: int) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{doc_id}\x00{version}\x00{chunk}"))
+
+
+def new_version() -> int:
+    """Milliseconds since the epoch times 1000, plus 0-999 at random: grows with time, ties
+    between replicas are unlikely, and it stays exact in Qdrant's float ranges (< 2**53)."""
+    return (time.time_ns() // 1_000_000) * 1000 + secrets.randbelow(1000)
 
 
 def _content(doc: Document) -> tuple[bytes | str, str]:
@@ -141,9 +152,10 @@ class Ingestor:
         )
         vectors = await self.embedder.embed([c.embed_text for c in chunks])
         now = time.time()
+        version = new_version()
         points = [
             models.PointStruct(
-                id=point_id(doc_id, c.index),
+                id=point_id(doc_id, version, c.index),
                 vector=vectors[i].tolist(),
                 payload={
                     "doc_id": doc_id,
@@ -156,20 +168,34 @@ class Ingestor:
                     "content_type": content_type,
                     "metadata": doc.metadata,
                     "ingested_at": now,
+                    "version": version,
                 },
             )
             for i, c in enumerate(chunks)
         ]
+        store = self.store
         try:
-            await self.store.upsert(collection, points)
-            # Chunks of the previous version past the new count carry the old hash: drop them.
-            await self.store.delete(collection, QdrantStore.doc_filter(doc_id, content_hash))
+            await store.upsert(collection, points)
         except Exception as exc:
-            log.exception("write of %s failed; removing its chunks", doc_id)
-            try:
-                await self.store.delete(collection, QdrantStore.doc_filter(doc_id))
-            except Exception:
-                log.exception("cleanup of %s failed", doc_id)
+            log.exception("write of %s failed; removing its new chunks", doc_id)
+            with contextlib.suppress(Exception):
+                await store.delete(collection, QdrantStore.version_filter(doc_id, eq=version))
             reason = exc.message if isinstance(exc, APIError) else str(exc)
-            return Outcome(doc_id, "failed", reason=f"write failed, document removed: {reason}")
+            return Outcome(
+                doc_id, "failed", reason=f"write failed, previous version kept: {reason}"
+            )
+        try:
+            await store.delete(collection, QdrantStore.version_filter(doc_id, older_than=version))
+            if await store.count(
+                collection, QdrantStore.version_filter(doc_id, newer_than=version)
+            ):
+                # Another replica wrote a newer version meanwhile: it stands, this one goes.
+                await store.delete(collection, QdrantStore.version_filter(doc_id, eq=version))
+                return Outcome(doc_id, "replaced", 0, reason="superseded by a newer version")
+        except Exception as exc:
+            log.exception("cleanup of %s's older versions failed", doc_id)
+            reason = exc.message if isinstance(exc, APIError) else str(exc)
+            return Outcome(
+                doc_id, "failed", reason=f"written, but older chunks remain (re-send it): {reason}"
+            )
         return Outcome(doc_id, "added" if stored is None else "replaced", len(points))

@@ -242,16 +242,33 @@ class QdrantStore:
         return True
 
     @staticmethod
-    def doc_filter(doc_id: str, other_hash: str | None = None) -> models.Filter:
-        must: list[Any] = [
-            models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))
-        ]
-        must_not: list[Any] = []
-        if other_hash is not None:
-            must_not.append(
-                models.FieldCondition(key="content_hash", match=models.MatchValue(value=other_hash))
-            )
-        return models.Filter(must=must, must_not=must_not or None)
+    def doc_filter(doc_id: str) -> models.Filter:
+        return models.Filter(
+            must=[models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))]
+        )
+
+    @staticmethod
+    def version_filter(
+        doc_id: str,
+        *,
+        eq: int | None = None,
+        older_than: int | None = None,
+        newer_than: int | None = None,
+    ) -> models.Filter:
+        """A document's chunks of one version, or of versions older or newer than one (chunks
+        written before versions existed count as older)."""
+        doc = models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))
+        if eq is not None:
+            exact = models.FieldCondition(key="version", range=models.Range(gte=eq, lte=eq))
+            return models.Filter(must=[doc, exact])
+        if newer_than is not None:
+            newer = models.FieldCondition(key="version", range=models.Range(gt=newer_than))
+            return models.Filter(must=[doc, newer])
+        if older_than is None:
+            raise ValueError("version_filter needs eq, older_than or newer_than")
+        older = models.FieldCondition(key="version", range=models.Range(lt=older_than))
+        legacy = models.IsEmptyCondition(is_empty=models.PayloadField(key="version"))
+        return models.Filter(must=[doc], should=[older, legacy])
 
     async def stored_hash(self, name: str, doc_id: str) -> str | None:
         points, _ = await self.call(
