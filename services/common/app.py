@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from services.common.auth import AuthMiddleware
-from services.common.errors import error_response, install_exception_handlers
+from services.common.errors import ERROR_RESPONSES, error_response, install_exception_handlers
 from services.common.lifecycle import Lifecycle
 from services.common.logging import setup_logging
 from services.common.metrics import Metrics, mark_worker_dead
@@ -68,7 +68,12 @@ async def readyz(request: Request) -> Response:
     )
 
 
-@health_router.get("/metrics", summary="Prometheus metrics.")
+@health_router.get(
+    "/metrics",
+    summary="Prometheus metrics.",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
 async def metrics(request: Request) -> Response:
     body, content_type = request.app.state.metrics.render()
     return Response(content=body, media_type=content_type)
@@ -115,6 +120,7 @@ def build_app(
         version=version,
         lifespan=_lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.routing import Match
@@ -14,23 +14,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common.errors import error_response
 from services.common.middleware import OPEN_PATHS
+from services.common.routing import api_routes
 from services.common.scopes import SCOPE_KEY, SCOPES, parse_key_entry
 
 
 def hash_key(key: str) -> str:
     """SHA-256 hex digest of an API key: the only form in which keys are configured or stored."""
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def api_routes(app: Any) -> Iterator[Any]:
-    """Every route of an application, its included routers' routes flattened (FastAPI keeps
-    an included router as one entry)."""
-    for route in getattr(app, "routes", ()):
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            yield from api_routes(inner)
-        else:
-            yield route
 
 
 class AuthMiddleware:

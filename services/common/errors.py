@@ -14,16 +14,48 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from services.common.context import current_request_id
+from services.common.routing import allowed_methods
 
 if TYPE_CHECKING:
     import httpx
 
 log = logging.getLogger("llmops.errors")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """What every error answer is: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorDetail
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# Documented on every operation (FastAPI(responses=...)), so the OpenAPI schema says what a
+# client can meet, and fuzzers hold the services to it.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Invalid request: the message names the field and what to change."),
+    401: _documented("No API key, a malformed Authorization header, or an unknown key."),
+    403: _documented("The key lacks the scope this operation needs."),
+    404: _documented("No such resource (or route)."),
+    405: _documented("Method not allowed here; the Allow header lists the ones that are."),
+    409: _documented("Conflict: it exists already, or differs from what was recorded."),
+    413: _documented("The request body is over the service's limit."),
+    503: _documented("A dependency is unavailable; retry after the Retry-After header."),
+}
 
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -180,6 +212,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if status == 404 and exc.detail == "Not Found":
         message = f"No route {request.method} {request.url.path}; see /docs for the API."
     elif status == 405:
+        # Starlette names only the first route that matched the path: list every method.
+        methods = allowed_methods(request.app, request.scope)
+        if methods:
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+            headers["Allow"] = ", ".join(methods)
         allowed = headers.get("allow") or headers.get("Allow") or ""
         message = f"Method {request.method} is not allowed on {request.url.path}"
         message += f"; use {allowed}." if allowed else "."

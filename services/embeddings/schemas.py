@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 
 class EmbeddingRequest(BaseModel):
@@ -35,4 +35,4 @@ class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: str | list[str]
-    add_special_tokens: bool = True
+    add_special_tokens: StrictBool = True  # true or false, not "yes" or 1

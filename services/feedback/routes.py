@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.responses import Response, StreamingResponse
 
@@ -182,9 +183,21 @@ async def _read(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
+def _iso_only(value: Any) -> Any:
+    """A number is a valid datetime to pydantic (seconds since the epoch); here it is a
+    mistake: these filters take ISO 8601."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("expected an ISO 8601 date or date-time, e.g. 2026-11-01T00:00:00Z")
+    return value
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+When = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
 def scope(
-    since: Annotated[datetime | None, Query(description="From (ISO 8601), inclusive.")] = None,
-    until: Annotated[datetime | None, Query(description="Up to, exclusive.")] = None,
+    since: Annotated[When | None, Query(description="From (ISO 8601), inclusive.")] = None,
+    until: Annotated[When | None, Query(description="Up to, exclusive.")] = None,
     prompt_name: str | None = None,
     prompt_version: str | None = None,
     model: Annotated[str | None, Query(description="The model alias.")] = None,

@@ -16,8 +16,9 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
-from services.common.auth import api_routes, hash_key
+from services.common.auth import hash_key
 from services.common.middleware import OPEN_PATHS
+from services.common.routing import api_routes
 from services.common.scopes import SCOPE_KEY, SCOPES, parse_key_entry
 from services.embeddings.app import create_app as embeddings_app
 from services.embeddings.config import EmbeddingsSettings

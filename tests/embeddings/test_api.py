@@ -194,6 +194,19 @@ def test_body_over_limit_is_413(embeddings: ServiceProcess) -> None:
     assert_error(r, 413, "request_too_large")
 
 
+def test_tokenize_takes_a_json_boolean_only(embeddings: ServiceProcess) -> None:
+    """Found by Schemathesis: "yes" was taken for true (pydantic's lax bool)."""
+    url = f"{embeddings.url}/v1/tokenize"
+    for value in ("yes", "true", 1):
+        body = {"input": "otters", "add_special_tokens": value}
+        err = assert_error(httpx.post(url, json=body, headers=auth_headers()), 400)
+        assert err["param"] == "add_special_tokens", err
+    r = httpx.post(
+        url, json={"input": "otters", "add_special_tokens": False}, headers=auth_headers()
+    )
+    assert r.status_code == 200 and r.json()["data"][0]["tokens"] >= 1
+
+
 def test_unknown_route_and_wrong_method(embeddings: ServiceProcess) -> None:
     assert_error(httpx.get(f"{embeddings.url}/v1/nope", headers=auth_headers()), 404, "not_found")
     r = httpx.get(f"{embeddings.url}/v1/embeddings", headers=auth_headers())

@@ -155,6 +155,16 @@ def test_preferences_pairs_corrections_and_their_errors(api: httpx.Client) -> No
 # -- bad input ----------------------------------------------------------------------------------
 
 
+def test_time_filters_take_iso_8601_not_numbers(api: httpx.Client) -> None:
+    """Found by Schemathesis: ?until=0.5 was read as 0.5 s after the epoch."""
+    for path in ("/v1/feedback/stats", "/v1/feedback", "/v1/interactions"):
+        for value in ("0.5", "1700000000", "-3", "1e9"):
+            err = assert_error(api.get(path, params={"until": value}), 400, "invalid_value")
+            assert "ISO 8601" in err["message"] and err["param"] == "until", err
+    r = api.get("/v1/feedback/stats", params={"since": "2026-11-01", "until": "2026-11-02T00:00Z"})
+    assert r.status_code == 200, r.text
+
+
 def test_bad_input_gets_clear_4xx_errors(api: httpx.Client) -> None:
     iid = uid("bad")
     api.post("/v1/interactions", json=interaction(iid))

@@ -11,7 +11,7 @@ import pytest
 from services.common.middleware import OPEN_PATHS
 from services.retrieval.app import create_app
 from services.retrieval.config import RetrievalSettings
-from tests.conftest import API_KEY_HASH, ServiceProcess, assert_error
+from tests.conftest import API_KEY_HASH, ServiceProcess, assert_error, auth_headers
 from tests.retrieval.conftest import ingest, make_collection
 
 
@@ -153,6 +153,13 @@ def _routes() -> list[tuple[str, str]]:
             if path and method != "HEAD":
                 out.add((method, path))
     return sorted(r for r in out if r[1] not in OPEN_PATHS)
+
+
+def test_a_405_lists_every_method_the_path_allows(retrieval: ServiceProcess) -> None:
+    """Found by Schemathesis: Allow named only the first route of the path (GET)."""
+    r = httpx.put(f"{retrieval.url}/v1/collections/errors", headers=auth_headers(), json={})
+    err = assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "DELETE, GET" and "use DELETE, GET" in err["message"]
 
 
 def test_auth_on_every_route(retrieval: ServiceProcess) -> None:

@@ -93,7 +93,9 @@ def test_no_secret_outside_the_audited_baseline(tmp_path: Path) -> None:
         [tool("detect-secrets-hook"), "--baseline", str(copy), *files],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
-    assert r.returncode == 0, (
+    # Exit 3 alone: audited findings moved to other lines (the hook rewrote the copy); that is
+    # no new secret. Exit 1, or its report, is.
+    assert r.returncode in (0, 3) and "Potential secrets" not in r.stdout, (
         f"{r.stdout}\n{r.stderr}\nA new secret-like string: remove it, or if it is not a "
         "secret, `detect-secrets scan --baseline .secrets.baseline` and audit it."
     )
