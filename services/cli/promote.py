@@ -31,6 +31,7 @@ from services.cli.gitops import (
     environment,
     environments,
     find_helm,
+    load_yaml,
     manifest_diff,
     render,
     with_version,
@@ -39,7 +40,6 @@ from services.cli.gitops import (
 out = Console()
 err = Console(stderr=True)
 
-PAGE_BURN_RATE = 14.4  # the fast page tier: 1h and 5m both above it (deploy/monitoring)
 PR_BODY_LIMIT = 60_000  # GitHub refuses bodies over 65,536 characters
 Status = Literal["ok", "blocked", "unchecked"]
 
@@ -184,6 +184,28 @@ def cluster_checks(
 # -- Prometheus: the error budget's burn rate, as the page alerts compute it --------------------
 
 
+@dataclass(frozen=True)
+class PageTier:
+    """The fastest burn-rate tier of the chart's PrometheusRule: it pages when the budget burns
+    ``factor`` times too fast over both windows, with alerts of ``severity``."""
+
+    severity: str
+    long: str
+    short: str
+    factor: float
+
+
+def page_tier(chart: Path, values_file: Path) -> PageTier:
+    """Read from the environment's values, else the chart's: the tier its alerts use."""
+    for source in (values_file, chart / "values.yaml"):
+        values = load_yaml(source) or {}
+        tiers = ((values.get("prometheusRule") or {}).get("slo") or {}).get("burnRates")
+        if tiers:
+            t = tiers[0]
+            return PageTier(str(t["severity"]), str(t["long"]), str(t["short"]), float(t["factor"]))
+    raise GitopsError(f"no prometheusRule.slo.burnRates in {values_file} or {chart}/values.yaml")
+
+
 def _burn_query(window: str, namespace: str) -> str:
     sel = f'{{namespace="{namespace}"}}'
     return (
@@ -192,14 +214,18 @@ def _burn_query(window: str, namespace: str) -> str:
     )
 
 
-def burn_checks(prometheus_url: str | None, namespace: str) -> list[Check]:
-    """Each SLO's burn over 1h and 5m below the page rate, and no page alert firing."""
+def burn_checks(prometheus_url: str | None, namespace: str, tier: PageTier) -> list[Check]:
+    """Each SLO's burn over the page tier's two windows below its factor, and no alert of the
+    paging severity firing."""
     if not prometheus_url:
         return [
             Check("error budget", "unchecked", "no Prometheus URL (--prometheus-url): not checked")
         ]
-    queries = {w: _burn_query(w, namespace) for w in ("1h", "5m")}
-    queries["alerts"] = f'ALERTS{{alertstate="firing",severity="page",namespace="{namespace}"}}'
+    windows = (tier.long, tier.short)
+    queries = {w: _burn_query(w, namespace) for w in windows}
+    queries["alerts"] = (
+        f'ALERTS{{alertstate="firing",severity="{tier.severity}",namespace="{namespace}"}}'
+    )
     results: dict[str, list[dict[str, Any]]] = {}
     try:
         with httpx.Client(base_url=prometheus_url, timeout=10) as http:
@@ -211,7 +237,7 @@ def burn_checks(prometheus_url: str | None, namespace: str) -> list[Check]:
         return [Check("error budget", "unchecked", f"Prometheus at {prometheus_url}: {exc}")]
     checks = []
     rates: dict[str, dict[str, float]] = {}
-    for w in ("1h", "5m"):
+    for w in windows:
         for s in results[w]:
             rates.setdefault(s["metric"].get("slo", "?"), {})[w] = float(s["value"][1])
     if not rates:
@@ -219,9 +245,12 @@ def burn_checks(prometheus_url: str | None, namespace: str) -> list[Check]:
             Check("error budget", "unchecked", f"no SLO series for {namespace} (no traffic yet?)")
         )
     for slo, by_window in sorted(rates.items()):
-        long, short = by_window.get("1h", float("nan")), by_window.get("5m", float("nan"))
-        paging = long > PAGE_BURN_RATE and short > PAGE_BURN_RATE
-        detail = f"burn {long:.2f}x over 1h, {short:.2f}x over 5m (page at {PAGE_BURN_RATE}x)"
+        long, short = (by_window.get(w, float("nan")) for w in windows)
+        paging = long > tier.factor and short > tier.factor
+        detail = (
+            f"burn {long:.2f}x over {tier.long}, {short:.2f}x over {tier.short} "
+            f"(page at {tier.factor:g}x)"
+        )
         checks.append(Check(f"SLO {slo}", "blocked" if paging else "ok", detail))
     firing = sorted({a["metric"].get("alertname", "?") for a in results["alerts"]})
     checks.append(
@@ -316,7 +345,7 @@ def pr_body(
     return "\n".join(lines) + "\n"
 
 
-def _chart_note(root: Path, chart: Path, envs: list[Environment]) -> list[Check]:
+def _chart_note(chart: Path, envs: list[Environment]) -> list[Check]:
     have = chart_version(chart)
     checks = []
     for env in envs:
@@ -348,7 +377,7 @@ def move(
 ) -> int:
     """Write the version file, the rendered diff and the PR body unless a check blocks."""
     after = with_version(target, root, version_text)
-    checks = [*checks, *_chart_note(root, chart, [target, after])]
+    checks = [*checks, *_chart_note(chart, [target, after])]
     err.print(checks_table(checks))
     blocked = [c for c in checks if c.status == "blocked"]
     if blocked:
@@ -466,7 +495,8 @@ def promote_cmd(
         src, dst = environment(root, source), environment(root, target)
         helm_bin = find_helm(root, helm)
         checks = cluster_checks(src, kubeconfig, context, argocd_namespace)
-        checks += burn_checks(prometheus_url, src.namespace)
+        tier = page_tier(root / CHART, src.folder / "values.yaml")
+        checks += burn_checks(prometheus_url, src.namespace, tier)
         checks += prompt_checks(src, dst, tracking_uri)
         code = move(
             root,

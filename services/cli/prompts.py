@@ -287,6 +287,20 @@ def _record(client: MlflowClient, name: str, version: str, alias: str, reason: s
         client.set_prompt_version_tag(name, version, key, value)
 
 
+def _move(
+    client: MlflowClient,
+    name: str,
+    alias: str,
+    version: str,
+    history: list[str],
+    reason: str | None,
+) -> None:
+    """Point the alias at ``version``, keep ``history`` (newest last) and record why."""
+    client.set_prompt_alias(name, alias, int(version))
+    _set_history(client, name, alias, history)
+    _record(client, name, version, alias, reason)
+
+
 # -- operations (a client in, an exit code out) ------------------------------------------------
 
 
@@ -428,9 +442,7 @@ def promote(
     history = alias_history(client, name, alias)
     if current is not None and (not history or history[-1] != current):
         history.append(current)  # set outside this tool: keep it reachable by rollback
-    client.set_prompt_alias(name, alias, int(version))
-    _set_history(client, name, alias, [*history, version])
-    _record(client, name, version, alias, reason)
+    _move(client, name, alias, version, [*history, version], reason)
     was = f" (was {current})" if current else ""
     err.print(f"'{escape(alias)}' of {escape(name)} -> version {version}{was}", highlight=False)
     return 0
@@ -452,9 +464,7 @@ def rollback(client: MlflowClient, name: str, alias: str) -> int:
             f"{HISTORY_TAG.format(alias=alias)} is empty); promote one explicitly instead"
         )
     previous = history[-1]
-    client.set_prompt_alias(name, alias, int(previous))
-    _set_history(client, name, alias, history)
-    _record(client, name, previous, alias, f"rollback from version {current}")
+    _move(client, name, alias, previous, history, f"rollback from version {current}")
     err.print(f"'{escape(alias)}' of {escape(name)} rolled back: version {current} -> {previous}")
     return 0
 
@@ -475,9 +485,7 @@ def sync(
         return promote(client, name, version, alias, gate=gate)
     resolve(client, name, version)
     history = history[: len(history) - history[::-1].index(version)]
-    client.set_prompt_alias(name, alias, int(version))
-    _set_history(client, name, alias, history)
-    _record(client, name, version, alias, f"back to version {version} (was {current})")
+    _move(client, name, alias, version, history, f"back to version {version} (was {current})")
     err.print(f"'{escape(alias)}' of {escape(name)} back to version {version} (was {current})")
     return 0
 

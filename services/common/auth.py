@@ -1,6 +1,6 @@
 """API-key auth shared by every service: keys are configured and compared as SHA-256 digests,
 each with the scopes it may use (``<digest>`` alone: every scope; ``<digest>:ask+search``: only
-those). A route declares its scope with :func:`scope`; a key outside it gets 403."""
+those). A route declares its scope with ``needs_scope`` (scopes.py); a key outside it gets 403."""
 
 from __future__ import annotations
 

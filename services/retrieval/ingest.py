@@ -54,6 +54,10 @@ def point_id(doc_id: str, version: int, chunk: int) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{doc_id}\x00{version}\x00{chunk}"))
 
 
+def _reason(exc: Exception) -> str:
+    return exc.message if isinstance(exc, APIError) else str(exc)
+
+
 def new_version() -> int:
     """Milliseconds since the epoch times 1000, plus 0-999 at random: grows with time, ties
     between replicas are unlikely, and it stays exact in Qdrant's float ranges (< 2**53)."""
@@ -178,11 +182,12 @@ class Ingestor:
             await store.upsert(collection, points)
         except Exception as exc:
             log.exception("write of %s failed; removing its new chunks", doc_id)
-            with contextlib.suppress(Exception):
+            try:
                 await store.delete(collection, QdrantStore.version_filter(doc_id, eq=version))
-            reason = exc.message if isinstance(exc, APIError) else str(exc)
+            except Exception:
+                log.exception("cleanup of %s's new chunks failed", doc_id)
             return Outcome(
-                doc_id, "failed", reason=f"write failed, previous version kept: {reason}"
+                doc_id, "failed", reason=f"write failed, previous version kept: {_reason(exc)}"
             )
         try:
             await store.delete(collection, QdrantStore.version_filter(doc_id, older_than=version))
@@ -194,8 +199,9 @@ class Ingestor:
                 return Outcome(doc_id, "replaced", 0, reason="superseded by a newer version")
         except Exception as exc:
             log.exception("cleanup of %s's older versions failed", doc_id)
-            reason = exc.message if isinstance(exc, APIError) else str(exc)
             return Outcome(
-                doc_id, "failed", reason=f"written, but older chunks remain (re-send it): {reason}"
+                doc_id,
+                "failed",
+                reason=f"written, but older chunks remain (re-send it): {_reason(exc)}",
             )
         return Outcome(doc_id, "added" if stored is None else "replaced", len(points))

@@ -204,7 +204,7 @@ def burn_rules(burn_1h: float, burn_5m: float, alert: bool) -> dict[str, Any]:
     ]  # fmt: skip
     if alert:
         rules.append({"alert": "RagAskAvailabilityBudgetBurn", "expr": "vector(1)",
-                      "labels": {"severity": "page", "namespace": STAGING}})  # fmt: skip
+                      "labels": {"severity": "critical", "namespace": STAGING}})  # fmt: skip
     return {"groups": [{"name": "scripted", "interval": "1s", "rules": rules}]}
 
 
