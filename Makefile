@@ -17,7 +17,7 @@ TOOLS  := .tools
 TOOL_LOCKS := requirements/deploy-tools.txt deploy/tools/package.json deploy/tools/package-lock.json
 TOOLS_STAMP := $(TOOLS)/.installed-$(shell cat $(TOOL_LOCKS) | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck setup tools bench clean lock
+.PHONY: demo test lint typecheck setup tools bench clean lock reliability
 
 setup: $(STAMP)
 
@@ -63,6 +63,11 @@ test: lint typecheck tools
 
 bench: $(STAMP)
 	$(BIN)/python bench/embeddings.py
+
+# The figures of docs/reliability.md (faults under load, fuzzing, hostile input, the soak),
+# run and written anew: about 5 min in short mode; LONG=1 for longer loads and a 10-min soak.
+reliability: $(STAMP)
+	$(BIN)/python -m tests.reliability.report $(if $(LONG),--long)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .llmops .pytest_cache .mypy_cache .ruff_cache

@@ -314,7 +314,7 @@ class Platform:
         )
         r = httpx.post(
             f"{self.urls['proxy']}/admin/keys",
-            json={"name": "rag-bench", "aliases": ["smollm2"], "rpm": 10**8, "tpm": 10**10},
+            json={"name": "rag-bench", "aliases": ["smollm2"], "rpm": 10**8, "tpm": 2 * 10**9},
             headers={"Authorization": f"Bearer {MASTER}"},
             timeout=10,
         )

@@ -124,6 +124,23 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield start
     for proc in started:
         proc.stop()
+    no_keys_in_logs(log_dir)
+
+
+def no_keys_in_logs(log_dir: Path) -> None:
+    """The session-wide guard: no service log written by the whole suite holds the suite's own
+    keys (tests/security/test_no_secrets_in_logs.py does the thorough search on one run)."""
+    from tests.llm_proxy.conftest import MASTER_KEY
+
+    keys = {"API_KEY": API_KEY, "MASTER_KEY": MASTER_KEY}
+    leaks = [
+        f"{path.name} holds {name}"
+        for path in sorted(log_dir.glob("*.log"))
+        for name, key in keys.items()
+        if key.encode() in path.read_bytes()
+    ]
+    if leaks:
+        pytest.fail(f"a key leaked into the service logs in {log_dir}: {'; '.join(leaks)}")
 
 
 @contextmanager

@@ -21,9 +21,14 @@ from sqlalchemy.engine import Engine
 
 def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: float = 5.0) -> Engine:
     """SQLite (WAL, foreign keys on) for local work; PostgreSQL with a bounded connect time, so
-    an unreachable server is noticed in seconds rather than after the kernel's TCP timeout."""
+    an unreachable server is noticed in seconds rather than after the kernel's TCP timeout.
+
+    ``hide_parameters``: a refused statement's error (logged with its traceback) names the SQL
+    but not the values, which are prompts, answers and key digests."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True
+        )
 
         @event.listens_for(engine, "connect")
         def _pragma(dbapi_conn: Any, _: Any) -> None:
@@ -37,7 +42,12 @@ def make_engine(url: str, *, pool_size: int = 5, connect_timeout_s: float = 5.0)
     if url.startswith("postgresql"):
         args["connect_timeout"] = max(1, round(connect_timeout_s))
     return create_engine(
-        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, connect_args=args
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args=args,
+        hide_parameters=True,
     )
 
 

@@ -14,6 +14,7 @@ never drain one segment at once. Draining twice is harmless: every op's keys are
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -97,10 +98,19 @@ class Spool:
         assert self._active is not None
         fd = self._active.handle.fileno()
         view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        try:
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            # Cut short (a full disk): the ops were not accepted, so their bytes go, and the
+            # next append starts a new segment. Left in place, a torn line would end up in
+            # front of the next ops, and the segment could no longer be read.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._active_bytes)
+            self.close()
+            raise
         self._active_bytes += len(data)
         self.depth += len(ops)
         if self.oldest_at is None:
@@ -122,8 +132,16 @@ class Spool:
         finally:
             os.close(dir_fd)
 
+    def ready_segment(self) -> None:
+        """Open the next segment now, if none is: the next :meth:`append` is then one write and
+        one fsync, without a file creation and a folder fsync on its caller's path."""
+        if self._active is None:
+            self._rotate()
+
     def close(self) -> None:
         if self._active is not None:
+            if self._active_bytes == 0:  # opened ahead (ready_segment) and never written
+                self._active.path.unlink(missing_ok=True)
             self._active.release()
             self._active = None
 

@@ -13,13 +13,14 @@ from fastapi.responses import Response
 
 from services.common.errors import APIError
 from services.common.loading import not_ready
+from services.common.routing import JsonRoute
 from services.common.scopes import needs_scope
 from services.embeddings.batcher import Batcher, BatcherStopped, QueueFull
 from services.embeddings.config import EmbeddingsSettings
 from services.embeddings.encoder import Encoder, Vectors
 from services.embeddings.schemas import EmbeddingRequest, ModelCard, TokenizeRequest
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], route_class=JsonRoute)
 
 # Tokenize big requests off the event loop so one large batch does not stall everyone else.
 _INLINE_TOKENIZE_CHARS = 16_384

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -12,12 +11,18 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Body, Depends, Query, Request
-from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, TypeAdapter, ValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.responses import Response, StreamingResponse
 
-from services.common.errors import APIError, error_response, validation_error
+from services.common.errors import (
+    APIError,
+    check_json_content_type,
+    error_response,
+    validation_error,
+)
 from services.common.scopes import needs_scope
+from services.common.validation import iso_8601_only
 from services.feedback.committer import is_outage
 from services.feedback.queries import (
     FORMATS,
@@ -31,7 +36,14 @@ from services.feedback.queries import (
     list_preferences,
     stats,
 )
-from services.feedback.schemas import KINDS, MAX_BATCH, FeedbackIn, InteractionIn, PreferenceIn
+from services.feedback.schemas import (
+    KINDS,
+    MAX_BATCH,
+    FeedbackIn,
+    InteractionIn,
+    PreferenceIn,
+    utc_representable,
+)
 from services.feedback.state import FeedbackState
 from services.feedback.store import Outcome
 
@@ -58,7 +70,8 @@ def _respond(outcome: Outcome) -> Response:
     )
 
 
-def _load(body: bytes) -> Any:
+def _load(request: Request, body: bytes) -> Any:
+    check_json_content_type(request.headers.get("content-type"))
     if not body:
         raise APIError(400, "The request body is empty; send a JSON object.", code="invalid_json")
     try:
@@ -83,14 +96,14 @@ def _model(cls: type[M], data: Any) -> M:
 
 async def record_interaction(request: Request) -> Response:
     state = _state(request)
-    item = _model(InteractionIn, _load(await request.body()))
+    item = _model(InteractionIn, _load(request, await request.body()))
     row = item.row(datetime.now(UTC), state.settings.default_environment)
     return _respond(await state.committer.submit({"op": "interaction", "rows": [row]}))
 
 
 async def record_feedback(request: Request) -> Response:
     state = _state(request)
-    data = _load(await request.body())
+    data = _load(request, await request.body())
     now = datetime.now(UTC)
     if isinstance(data, list):
         if not data:
@@ -160,7 +173,7 @@ async def post_feedback(
 )
 async def post_preference(request: Request) -> Response:
     state = _state(request)
-    item = _model(PreferenceIn, _load(await request.body()))
+    item = _model(PreferenceIn, _load(request, await request.body()))
     op = {"op": "preference", "rows": [item.row(datetime.now(UTC))]}
     return _respond(await state.committer.submit(op))
 
@@ -171,6 +184,13 @@ async def post_preference(request: Request) -> Response:
 async def _read(fn: Callable[..., T], *args: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args)
+    except sa_exc.DataError as exc:  # a filter or an id the database cannot take (a NUL)
+        raise APIError(
+            400,
+            f"The database cannot use a value of this request: {str(exc.orig).splitlines()[0]}; "
+            "check the filters and the id sent.",
+            code="invalid_value",
+        ) from None
     except sa_exc.SQLAlchemyError as exc:
         if is_outage(exc):
             raise APIError(
@@ -183,16 +203,7 @@ async def _read(fn: Callable[..., T], *args: Any) -> T:
         raise
 
 
-def _iso_only(value: Any) -> Any:
-    """A number is a valid datetime to pydantic (seconds since the epoch); here it is a
-    mistake: these filters take ISO 8601."""
-    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
-        raise ValueError("expected an ISO 8601 date or date-time, e.g. 2026-11-01T00:00:00Z")
-    return value
-
-
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-When = Annotated[datetime, BeforeValidator(_iso_only)]
+When = Annotated[datetime, BeforeValidator(iso_8601_only), AfterValidator(utc_representable)]
 
 
 def scope(

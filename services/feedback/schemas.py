@@ -10,13 +10,14 @@ import hashlib
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from services.common.errors import APIError
 from services.common.tracing import trace_id_for
+from services.common.validation import INT4_MAX
 
 ID_PATTERN = r"^[A-Za-z0-9._:\-]+$"
 # Langfuse's rule for environments, so the value forwards unchanged.
@@ -41,6 +42,35 @@ def utc(ts: datetime | None, now: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
+def utc_representable(ts: datetime) -> datetime:
+    """An offset can push a date-time past year 9999 (or before year 1) once it is converted to
+    UTC, which every timestamp here is: refused as a 400, not an OverflowError's 500."""
+    try:
+        utc(ts, ts)
+    except OverflowError:
+        raise ValueError(
+            "out of range once converted to UTC; use a date-time between years 1 and 9999"
+        ) from None
+    return ts
+
+
+Timestamp = Annotated[datetime, AfterValidator(utc_representable)]
+
+
+def refuse_nul(model: BaseModel, where: str = "") -> None:
+    """The top-level strings of a body go to text columns, where PostgreSQL cannot store a NUL:
+    refused at acceptance, so no write is answered 201 (or spooled, 202) and refused later."""
+    for name, value in model:
+        if isinstance(value, str) and "\x00" in value:
+            raise APIError(
+                400,
+                f"'{where}{name}' contains a NUL character (\\u0000), which cannot be stored; "
+                "remove it.",
+                param=f"{where}{name}",
+                code="invalid_value",
+            )
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -51,8 +81,8 @@ class Message(BaseModel):
 class Usage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    prompt_tokens: int | None = Field(None, ge=0)
-    completion_tokens: int | None = Field(None, ge=0)
+    prompt_tokens: int | None = Field(None, ge=0, le=INT4_MAX)
+    completion_tokens: int | None = Field(None, ge=0, le=INT4_MAX)
 
 
 class InteractionIn(BaseModel):
@@ -64,7 +94,7 @@ class InteractionIn(BaseModel):
     trace_id: str | None = Field(None, min_length=1, max_length=64, pattern=ID_PATTERN)
     session_id: str | None = OptionalText
     user_id: str | None = OptionalText
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     model: str | None = OptionalText
     deployment: str | None = OptionalText
     prompt_name: str | None = OptionalText
@@ -92,6 +122,7 @@ class InteractionIn(BaseModel):
         return self
 
     def row(self, now: datetime, default_environment: str) -> dict[str, Any]:
+        refuse_nul(self)
         usage = self.usage or Usage()
         return {
             "id": self.id,
@@ -133,11 +164,12 @@ class FeedbackIn(BaseModel):
     comment: str | None = Field(None, max_length=10_000)
     user_id: str | None = OptionalText
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     metadata: dict[str, Any] | None = None
 
     def row(self, now: datetime, where: str = "") -> dict[str, Any]:
         """The row, or a 400 naming the field (``where`` is the item's place in a batch)."""
+        refuse_nul(self, where)
         text, num, positive = _kind_value(self.kind, self.value, where)
         fid = (
             str(uuid.uuid5(NAMESPACE, "feedback:" + self.idempotency_key))
@@ -222,7 +254,7 @@ class PreferenceIn(BaseModel):
     correction: str | None = Field(None, min_length=1, max_length=1_000_000)
     user_id: str | None = OptionalText
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -243,6 +275,7 @@ class PreferenceIn(BaseModel):
         return self
 
     def row(self, now: datetime) -> dict[str, Any]:
+        refuse_nul(self)
         pid = (
             str(uuid.uuid5(NAMESPACE, "preference:" + self.idempotency_key))
             if self.idempotency_key

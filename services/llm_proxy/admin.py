@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.common.errors import APIError
+from services.common.routing import JsonRoute
+from services.common.validation import INT4_MAX, iso_8601_only, no_control_characters
 from services.llm_proxy.auth import Admin
 from services.llm_proxy.keys import key_view
 from services.llm_proxy.router import STATE_NAMES
 from services.llm_proxy.state import State
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=JsonRoute)
+MAX_EXPIRES_IN_S = 100 * 365 * 86400  # past it, the date overflows (year 9999) soon enough
 
 
 class KeyCreate(BaseModel):
@@ -23,12 +27,17 @@ class KeyCreate(BaseModel):
 
     name: str | None = Field(None, max_length=200)
     aliases: list[str] | None = Field(None, description="Models the key may use; null: all.")
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, le=INT4_MAX)
+    tpm: int | None = Field(None, ge=1, le=INT4_MAX)
     max_budget_usd: float | None = Field(None, ge=0)
     expires_at: datetime | None = None
-    expires_in_s: float | None = Field(None, gt=0)
+    expires_in_s: float | None = Field(None, gt=0, le=MAX_EXPIRES_IN_S)
     metadata: dict[str, Any] | None = None
+
+    # A name is shown in tables and logs; expires_at as a number was a mistake (expires_in_s
+    # takes seconds; -384 made a key expired in 1969).
+    _printable = field_validator("name")(no_control_characters)
+    _iso_8601 = field_validator("expires_at", mode="before")(iso_8601_only)
 
     @model_validator(mode="after")
     def _one_expiry(self) -> KeyCreate:
@@ -75,9 +84,19 @@ async def list_keys(
     return {"object": "list", "data": [key_view(r) for r in rows]}
 
 
+def _key_id(key_id: str) -> str:
+    """Key ids are UUIDs: anything else is no key, and never reaches the database (which may
+    refuse it: a NUL was a 500)."""
+    try:
+        uuid.UUID(key_id)
+    except ValueError:
+        raise APIError(404, f"No key with id {key_id!r}.", code="key_not_found") from None
+    return key_id
+
+
 @router.get("/keys/{key_id}", summary="One key, with its spend per alias and deployment.")
 async def get_key(key_id: str, state: State, _: Admin) -> dict[str, Any]:
-    row = await asyncio.to_thread(state.store.get, key_id)
+    row = await asyncio.to_thread(state.store.get, _key_id(key_id))
     if row is None:
         raise APIError(404, f"No key with id '{key_id}'.", code="key_not_found")
     spend = await asyncio.to_thread(state.store.spend, key_id)
@@ -86,7 +105,7 @@ async def get_key(key_id: str, state: State, _: Admin) -> dict[str, Any]:
 
 @router.delete("/keys/{key_id}", summary="Revoke a key; every replica refuses it within the TTL.")
 async def revoke_key(key_id: str, state: State, _: Admin) -> dict[str, Any]:
-    row, key_hash = await asyncio.to_thread(state.store.revoke, key_id)
+    row, key_hash = await asyncio.to_thread(state.store.revoke, _key_id(key_id))
     if row is None or key_hash is None:
         raise APIError(404, f"No key with id '{key_id}'.", code="key_not_found")
     state.keys.forget(key_hash)

@@ -11,11 +11,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy import exc as sa_exc
 
 from services.common.app import build_app
 from services.common.db import SchemaGate
+from services.common.errors import error_response
 from services.llm_proxy import admin, routes
 from services.llm_proxy.catalog import Catalog, CatalogWatcher, load_catalog
 from services.llm_proxy.config import ProxySettings
@@ -39,6 +45,11 @@ def _limiter(settings: ProxySettings, metrics: ProxyMetrics) -> Limiter:
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         health_check_interval=30,
+        # A pooled connection that Redis closed (a restart, a failover) fails once on its next
+        # use; from_url retries nothing, so each stale connection would put the replica back
+        # into its fail mode for REDIS_RETRY_AFTER_S after Redis had returned. One reconnect
+        # on a closed connection only: a timeout is not retried (no doubled stall).
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return RedisLimiter(
         redis,
@@ -175,4 +186,18 @@ def create_app(settings: ProxySettings | None = None) -> FastAPI:
     app.state.proxy_metrics = ProxyMetrics.create(app.state.metrics)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    # The admin API reads and writes the key store directly: when it cannot be reached, say
+    # so (503, retry) instead of an internal error.
+    for exc_class in (sa_exc.OperationalError, sa_exc.InterfaceError):
+        app.add_exception_handler(exc_class, _key_store_unreachable)
     return app
+
+
+async def _key_store_unreachable(_: Request, exc: Exception) -> Response:
+    log.warning("key store unreachable: %s", type(exc).__name__)
+    return error_response(
+        503,
+        "The key store (database) is unreachable; retry shortly.",
+        code="key_store_unavailable",
+        headers={"Retry-After": "2"},
+    )

@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -76,6 +77,15 @@ class Spend(Base):
     output_tokens: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SpendWriteError(Exception):
+    """A spend batch was not confirmed written. ``txid``: its PostgreSQL transaction, which
+    may have committed anyway (the answer to COMMIT lost); None: it surely did not."""
+
+    def __init__(self, message: str, txid: int | None) -> None:
+        super().__init__(message)
+        self.txid = txid
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -233,40 +243,58 @@ class KeyStore:
             ]
 
     def add_spend(self, rows: Iterable[tuple[str, str, str, int, int, int, float]]) -> None:
-        """One transaction for the whole batch; an upsert per (key, alias, deployment)."""
+        """One transaction for the whole batch; an upsert per (key, alias, deployment).
+
+        The sums are increments, so a batch written twice is counted twice. On PostgreSQL a
+        failure carries the transaction's id (:class:`SpendWriteError`): if the connection was
+        lost during COMMIT, :meth:`committed` tells whether the batch is in before any retry.
+        """
         now = datetime.now(UTC)
         per_key: dict[str, float] = {}
-        with self.sessions.begin() as s:
-            insert = _insert_for(self.engine)
-            for key_id, alias, deployment, requests, tin, tout, cost in rows:
-                stmt = insert(Spend).values(
-                    key_id=key_id,
-                    alias=alias,
-                    deployment=deployment,
-                    requests=requests,
-                    input_tokens=tin,
-                    output_tokens=tout,
-                    cost_usd=cost,
-                    updated_at=now,
-                )
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["key_id", "alias", "deployment"],
-                    set_={
-                        "requests": Spend.requests + requests,
-                        "input_tokens": Spend.input_tokens + tin,
-                        "output_tokens": Spend.output_tokens + tout,
-                        "cost_usd": Spend.cost_usd + cost,
-                        "updated_at": now,
-                    },
-                )
-                s.execute(stmt)
-                per_key[key_id] = per_key.get(key_id, 0.0) + cost
-            for key_id, cost in per_key.items():
-                s.execute(
-                    update(VirtualKey)
-                    .where(VirtualKey.id == key_id)
-                    .values(spend_usd=func.coalesce(VirtualKey.spend_usd, 0.0) + cost)
-                )
+        txid: int | None = None
+        try:
+            with self.sessions.begin() as s:
+                if self.engine.dialect.name == "postgresql":
+                    txid = int(s.execute(text("SELECT txid_current()")).scalar_one())
+                insert = _insert_for(self.engine)
+                for key_id, alias, deployment, requests, tin, tout, cost in rows:
+                    stmt = insert(Spend).values(
+                        key_id=key_id,
+                        alias=alias,
+                        deployment=deployment,
+                        requests=requests,
+                        input_tokens=tin,
+                        output_tokens=tout,
+                        cost_usd=cost,
+                        updated_at=now,
+                    )
+                    stmt = stmt.on_conflict_do_update(
+                        index_elements=["key_id", "alias", "deployment"],
+                        set_={
+                            "requests": Spend.requests + requests,
+                            "input_tokens": Spend.input_tokens + tin,
+                            "output_tokens": Spend.output_tokens + tout,
+                            "cost_usd": Spend.cost_usd + cost,
+                            "updated_at": now,
+                        },
+                    )
+                    s.execute(stmt)
+                    per_key[key_id] = per_key.get(key_id, 0.0) + cost
+                for key_id, cost in per_key.items():
+                    s.execute(
+                        update(VirtualKey)
+                        .where(VirtualKey.id == key_id)
+                        .values(spend_usd=func.coalesce(VirtualKey.spend_usd, 0.0) + cost)
+                    )
+        except Exception as exc:
+            raise SpendWriteError(str(exc), txid) from exc
+
+    def committed(self, txid: int) -> bool | None:
+        """Whether a PostgreSQL transaction committed; None while the server still has it in
+        progress (it has not yet noticed that its client went away)."""
+        with self.engine.connect() as conn:
+            status = conn.execute(text("SELECT txid_status(:t)"), {"t": txid}).scalar()
+        return None if status == "in progress" else status == "committed"
 
     def ping(self) -> bool:
         with self.engine.connect() as conn:
@@ -288,8 +316,9 @@ class KeyCache:
     """Key hash -> record, trusted for ``ttl_s``; a miss or an expired entry asks the store once.
 
     Unknown keys are cached too (so a client hammering with a bad key costs no DB queries). If
-    the database is down when an entry expires, the stale entry keeps serving for a while,
-    logged, instead of locking every client out.
+    the database is down when an entry expires, the stale entry keeps serving, logged, instead
+    of locking every client out, for ``STALE_GRACE`` TTLs after the store last confirmed it
+    (serving it stale does not extend that: a revocation made elsewhere still lands).
     """
 
     MAX_ENTRIES = 100_000
@@ -298,7 +327,8 @@ class KeyCache:
     def __init__(self, store: KeyStore, ttl_s: float) -> None:
         self.store = store
         self.ttl_s = ttl_s
-        self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
+        # key hash -> (record, trusted until, the store's confirmation expired at)
+        self._entries: dict[str, tuple[KeyRecord | None, float, float]] = {}
         self._pending: dict[str, asyncio.Future[KeyRecord | None]] = {}
 
     def forget(self, key_hash: str) -> None:
@@ -317,15 +347,16 @@ class KeyCache:
         try:
             try:
                 record = await asyncio.to_thread(self.store.lookup, key_hash)
+                confirmed = time.monotonic() + self.ttl_s
             except Exception as exc:
-                if entry is not None and entry[1] + self.ttl_s * self.STALE_GRACE > now:
+                if entry is not None and entry[2] + self.ttl_s * self.STALE_GRACE > now:
                     log.warning("key store unreachable; serving a cached key: %s", exc)
-                    record = entry[0]
+                    record, confirmed = entry[0], entry[2]
                 else:
                     raise
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[key_hash] = (record, time.monotonic() + self.ttl_s)
+            self._entries[key_hash] = (record, time.monotonic() + self.ttl_s, confirmed)
             future.set_result(record)
             return record
         except BaseException as exc:

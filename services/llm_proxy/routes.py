@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from services.common.errors import APIError, error_body
+from services.common.errors import APIError, check_json_content_type, error_body
 from services.llm_proxy.auth import Caller
 from services.llm_proxy.auth import caller as authenticate
 from services.llm_proxy.gateway import Outcome, usage_of
@@ -29,6 +29,15 @@ from services.llm_proxy.limits import (
     RateLimited,
     Reservation,
     to_nano,
+)
+from services.llm_proxy.openapi import (
+    CHAT_REQUEST,
+    CHAT_RESPONSES,
+    EMBEDDINGS_REQUEST,
+    EMBEDDINGS_RESPONSES,
+    ModelCard,
+    ModelList,
+    json_body,
 )
 from services.llm_proxy.router import Candidate
 from services.llm_proxy.state import ProxyState, State
@@ -42,6 +51,7 @@ JSON = "application/json"
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
+    check_json_content_type(request.headers.get("content-type"))
     body = await request.body()
     if not body:
         raise APIError(400, "The request body is empty; send a JSON object.", code="invalid_json")
@@ -184,8 +194,8 @@ async def _reserve(
         state.metrics.rate_limited.labels("limiter_unavailable").inc()
         raise APIError(
             503,
-            "The rate limiter is unavailable and this proxy is configured to fail closed; "
-            "retry shortly.",
+            "The shared rate limiter (Redis) is unreachable and this proxy is configured to fail "
+            "closed, so requests with limits or budgets are refused; retry shortly.",
             code="limiter_unavailable",
             headers={"Retry-After": "1"},
         ) from exc
@@ -237,7 +247,12 @@ def _headers(outcome: Outcome, overhead_s: float, cost: float | None) -> dict[st
     return h
 
 
-@router.post("/v1/chat/completions", summary="OpenAI-compatible chat completions.")
+@router.post(
+    "/v1/chat/completions",
+    summary="OpenAI-compatible chat completions.",
+    openapi_extra=json_body(CHAT_REQUEST),
+    responses=CHAT_RESPONSES,
+)
 async def chat_completions(request: Request) -> Response:
     started = time.perf_counter()
     # The hot path resolves its two dependencies by hand: FastAPI's injection costs ~60 us.
@@ -249,7 +264,9 @@ async def chat_completions(request: Request) -> Response:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "Invalid value for 'stream': expected true or false.", param="stream")
-    max_out = _positive_int(data, "max_completion_tokens") or _positive_int(data, "max_tokens")
+    # Both are checked: the current name wins, but a bad deprecated one is not passed on.
+    max_tokens = _positive_int(data, "max_tokens")
+    max_out = _positive_int(data, "max_completion_tokens") or max_tokens
     n = _positive_int(data, "n") or 1
     in_tokens = estimate_prompt_tokens(messages)
     if data.get("tools"):
@@ -472,26 +489,50 @@ class RelayResponse(StreamingResponse):
             self.on_close()
 
 
-@router.post("/v1/embeddings", summary="OpenAI-compatible embeddings, routed like chat.")
+def _token_ids(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
+
+
+def _input_tokens(inputs: Any) -> int:
+    """Tokens of an embeddings ``input`` (for limits), in OpenAI's four forms: a text, texts,
+    the token ids of one input, or of several; anything else is the caller's 400."""
+    if isinstance(inputs, str):
+        return _text_tokens(inputs)
+    if isinstance(inputs, list) and inputs:
+        if all(isinstance(t, str) for t in inputs):
+            return sum(_text_tokens(t) for t in inputs)
+        if _token_ids(inputs):
+            return len(inputs)
+        if all(_token_ids(t) for t in inputs):
+            return sum(len(t) for t in inputs)
+    if inputs is None:
+        raise APIError(400, "Missing required parameter: 'input'.", param="input", code="missing")
+    raise APIError(
+        400,
+        "Invalid value for 'input': expected a string, a non-empty list of strings, or token "
+        "ids (a non-empty list of integers, or a list of such lists).",
+        param="input",
+        code="invalid_value",
+    )
+
+
+@router.post(
+    "/v1/embeddings",
+    summary="OpenAI-compatible embeddings, routed like chat.",
+    openapi_extra=json_body(EMBEDDINGS_REQUEST),
+    responses=EMBEDDINGS_RESPONSES,
+)
 async def embeddings(request: Request) -> Response:
     started = time.perf_counter()
     state: ProxyState = request.app.state.proxy
     caller = await authenticate(request)
     data = await _json_object(request)
     alias = _alias(state, caller, data, "embeddings")
-    inputs = data.get("input")
-    if isinstance(inputs, str):
-        texts = [inputs]
-    elif isinstance(inputs, list) and inputs:
-        texts = inputs
-    else:
-        raise APIError(
-            400,
-            "Missing required parameter: 'input' must be a string or a non-empty list.",
-            param="input",
-            code="missing",
-        )
-    in_tokens = sum(_text_tokens(t) if isinstance(t, str) else len(t) for t in texts)
+    in_tokens = _input_tokens(data.get("input"))
     reservation = await _reserve(state, caller, alias, in_tokens, 0, in_tokens)
     try:
         return await _complete(
@@ -502,7 +543,9 @@ async def embeddings(request: Request) -> Response:
         raise
 
 
-@router.get("/v1/models", summary="The aliases this key may use.")
+@router.get(
+    "/v1/models", summary="The aliases this key may use.", responses={200: {"model": ModelList}}
+)
 async def list_models(state: State, caller: Caller) -> Response:
     catalog = state.router.catalog
     created = state.started_at
@@ -514,7 +557,11 @@ async def list_models(state: State, caller: Caller) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
 
-@router.get("/v1/models/{model}", summary="One alias, if this key may use it.")
+@router.get(
+    "/v1/models/{model}",
+    summary="One alias, if this key may use it.",
+    responses={200: {"model": ModelCard}},
+)
 async def get_model(model: str, state: State, caller: Caller) -> Response:
     if model not in state.router.catalog.aliases or not caller.may_use(model):
         raise APIError(

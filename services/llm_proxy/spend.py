@@ -2,8 +2,10 @@
 
 The request path only adds to a dict; a background task writes the sums every
 ``spend_flush_s`` in one transaction. A failed write keeps the sums for the next try, and the
-last batch is written at shutdown. Budgets are enforced from the limiter's counters, not from
-these rows, so batching never lets a key overspend.
+last batch is written at shutdown. A write whose COMMIT went unanswered (the connection lost)
+may be in the database already: it is kept aside until the database says whether that
+transaction committed, so it is never counted twice. Budgets are enforced from the limiter's
+counters, not from these rows, so batching never lets a key overspend.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 
-from services.llm_proxy.keys import KeyStore
+from services.llm_proxy.keys import KeyStore, SpendWriteError
 
 log = logging.getLogger("llmops.llm_proxy.spend")
 
@@ -24,6 +26,7 @@ class SpendLog:
         self.store = store
         self.interval_s = interval_s
         self._pending: dict[Row, list[float]] = {}
+        self._in_doubt: list[tuple[int, dict[Row, list[float]]]] = []  # (txid, batch)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -51,6 +54,7 @@ class SpendLog:
     async def flush(self) -> int:
         """Write what has accumulated; returns the number of rows written."""
         async with self._lock:
+            await self._settle_in_doubt()
             if not self._pending:
                 return 0
             batch, self._pending = self._pending, {}
@@ -60,16 +64,47 @@ class SpendLog:
             ]
             try:
                 await asyncio.to_thread(self.store.add_spend, rows)
-            except Exception as exc:
-                log.error(
-                    "spend write failed; keeping %d rows for the next try: %s", len(rows), exc
-                )
-                for row, sums in batch.items():
-                    mine = self._pending.setdefault(row, [0, 0, 0, 0.0])
-                    for i in range(4):
-                        mine[i] += sums[i]
+            except SpendWriteError as exc:
+                if exc.txid is None:
+                    log.error(
+                        "spend write failed; keeping %d rows for the next try: %s", len(rows), exc
+                    )
+                    self._keep(batch)
+                else:
+                    log.error(
+                        "spend write failed, perhaps after its commit; keeping %d rows until "
+                        "the database says whether transaction %d committed: %s",
+                        len(rows),
+                        exc.txid,
+                        exc,
+                    )
+                    self._in_doubt.append((exc.txid, batch))
                 return 0
             return len(rows)
+
+    def _keep(self, batch: dict[Row, list[float]]) -> None:
+        """Put an unwritten batch back, to go with the next one."""
+        for row, sums in batch.items():
+            mine = self._pending.setdefault(row, [0, 0, 0, 0.0])
+            for i in range(4):
+                mine[i] += sums[i]
+
+    async def _settle_in_doubt(self) -> None:
+        """For each batch whose COMMIT went unanswered: written already (drop it), or not (write
+        it with the next batch); while the database cannot say, ask again next time."""
+        waiting = []
+        for txid, batch in self._in_doubt:
+            try:
+                done = await asyncio.to_thread(self.store.committed, txid)
+            except Exception:
+                done = None
+            if done is None:
+                waiting.append((txid, batch))
+            elif not done:
+                self._keep(batch)
+            else:
+                log.info("spend batch of transaction %d was committed before the failure", txid)
+        self._in_doubt = waiting
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -77,3 +112,10 @@ class SpendLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
+        if self._in_doubt:
+            log.error(
+                "at stop, %d spend batches are still in doubt (transactions %s): check them "
+                "with txid_status() before adding them by hand",
+                len(self._in_doubt),
+                ", ".join(str(t) for t, _ in self._in_doubt),
+            )

@@ -14,8 +14,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from services.common.errors import APIError, error_body
+from services.common.errors import APIError, ErrorBody, error_body
 from services.common.loading import not_ready
+from services.common.openapi import event_stream
+from services.common.routing import JsonRoute
 from services.common.scopes import needs_scope
 from services.local_llm.config import LocalLLMSettings
 from services.local_llm.generator import (
@@ -27,11 +29,36 @@ from services.local_llm.generator import (
     Scheduler,
     SchedulerStopped,
 )
-from services.local_llm.schemas import ChatCompletionRequest, ChatMessage, ModelCard
+from services.local_llm.schemas import (
+    CHUNK,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessage,
+    ModelCard,
+    ModelList,
+)
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=JsonRoute)
 
 MAX_STOP_STRINGS = 16
+
+# The answer is built by hand (a dict, or server-sent events): documented here for the schema.
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": ChatCompletion,
+        "description": "The completion.",
+        "content": event_stream(
+            CHUNK,
+            "With stream: true: the role, content deltas as generated, the finish reason (and "
+            "the usage if asked for), then [DONE]; a failure after the first byte is an error "
+            "event.",
+        ),
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "The generation queue is full; retry after the Retry-After header.",
+    },
+}
 
 
 def _ready(request: Request) -> tuple[Generator, Scheduler]:
@@ -66,6 +93,8 @@ def _check_model(model: str, settings: LocalLLMSettings) -> None:
     "/v1/models",
     openapi_extra=needs_scope("chat"),
     summary="The served model, with its context and output limits.",
+    response_model=None,  # the dict is documented by ModelList, not validated by it
+    responses={200: {"model": ModelList}},
 )
 async def list_models(request: Request) -> dict[str, Any]:
     generator, _ = _ready(request)
@@ -176,6 +205,7 @@ def _budget(body: ChatCompletionRequest, settings: LocalLLMSettings, prompt: int
     "/v1/chat/completions",
     openapi_extra=needs_scope("chat"),
     summary="Create a chat completion (OpenAI-compatible).",
+    responses=CHAT_RESPONSES,
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     generator, scheduler = _ready(request)

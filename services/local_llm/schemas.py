@@ -1,4 +1,5 @@
-"""OpenAI's chat-completions request schema; responses are built as dicts and dumped with orjson.
+"""OpenAI's chat-completions request schema; responses are built as dicts and dumped with orjson
+(the response models below only document them in the OpenAPI schema).
 
 Unknown fields are accepted and ignored (``tools``, ``presence_penalty``, ``logprobs``, ...):
 SDKs and frameworks send many of them by default, and refusing them would break those clients
@@ -22,16 +23,19 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict: JSON types as documented, so "stream": 0 or "max_tokens": true (read as 1) and
+    # "2" are refused, not coerced; an integer still serves where a number is documented.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str
-    messages: list[ChatMessage]
+    # Documented non-empty; an empty list is refused in routes (its own code, empty_messages).
+    messages: list[ChatMessage] = Field(json_schema_extra={"minItems": 1})
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -64,3 +68,73 @@ class ModelCard(BaseModel):
     owned_by: str = "llmops"
     context_length: int
     max_output_tokens: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length", "cancelled"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_USAGE = {
+    "type": "object",
+    "required": list(_COUNTS),
+    "properties": {k: {"type": "integer"} for k in _COUNTS},
+}
+# One event of a stream (built in routes._chunk), inline for the event-stream schema.
+CHUNK: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion.chunk"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["index", "delta", "finish_reason"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "delta": {
+                        "type": "object",
+                        "properties": {
+                            "role": {"const": "assistant"},
+                            "content": {"type": "string"},
+                        },
+                    },
+                    "finish_reason": {"enum": ["stop", "length", "cancelled", None]},
+                },
+            },
+        },
+        "usage": {"anyOf": [_USAGE, {"type": "null"}]},
+    },
+}

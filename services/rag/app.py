@@ -58,7 +58,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     outbox = InteractionOutbox(
         spool,
         feedback,
-        flush_s=settings.outbox_flush_s,
         on_depth=metrics.outbox_depth.set,
         on_sent=metrics.outbox_sent.inc,
         on_failure=lambda reason: metrics.outbox_failures.labels(reason).inc(),

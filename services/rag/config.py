@@ -62,7 +62,6 @@ class RagSettings(ServiceSettings):
         description="Interactions on their way to the feedback service (survives its outages); "
         "default: DATA_DIR/rag-outbox, a persistent volume in Kubernetes.",
     )
-    outbox_flush_s: float = Field(0.2, gt=0, description="Interactions are spooled this often.")
     dead_letter_max_bytes: int = Field(
         64 * 1024 * 1024,
         ge=1024,

@@ -1,13 +1,17 @@
 """Interactions on their way to the feedback service, off the response path and never lost.
 
-A request only appends to a list in memory. One task writes what gathered to the local spool
-(one fsync per ``flush_s``), another posts spooled interactions to the feedback service. The
-feedback service is idempotent on the interaction id, so a post repeated after a crash or a
-timeout is one row there. While it is down, the spool grows and the sender backs off; nothing
-is dropped. Between a request and the next spool flush (``flush_s``, 0.2 s by default) an
-interaction lives only in memory; a graceful stop flushes it, then sends what the spool holds
+An ask is answered only once its interaction is in the local spool, fsync'd (:meth:`record`),
+so a ``kill -9`` right after the answer loses nothing. The fsync is shared (group commit): one
+task writes everything that gathered while the previous write ran, in one write and one fsync,
+so many concurrent asks wait for one fsync, not one each. Another task posts spooled
+interactions to the feedback service. The feedback service is idempotent on the interaction id,
+so a post repeated after a crash or a timeout is one row there. While it is down, the spool
+grows and the sender backs off; nothing is dropped. A graceful stop sends what the spool holds
 while the feedback service answers (within the drain budget), so a pod removed by a scale-down
 leaves nothing behind on its volume; what is left is sent by the pod's next life.
+
+The spool is not thread-safe and its calls run in worker threads: one lock orders the writes
+and the sender's claims, so a claim never closes the segment a write is appending to.
 """
 
 from __future__ import annotations
@@ -16,13 +20,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from services.common.spool import Segment, Spool
 
 log = logging.getLogger("llmops.rag.outbox")
+T = TypeVar("T")
+
+
+class OutboxUnavailable(Exception):
+    """The spool could not be written (a full or failed disk): the interaction was not kept."""
 
 
 class InteractionOutbox:
@@ -31,7 +40,6 @@ class InteractionOutbox:
         spool: Spool,
         client: httpx.AsyncClient | None,
         *,
-        flush_s: float,
         on_depth: Callable[[int], None],
         on_sent: Callable[[int], None],
         on_failure: Callable[[str], None],
@@ -39,22 +47,30 @@ class InteractionOutbox:
     ) -> None:
         self.spool = spool
         self.client = client
-        self.flush_s = flush_s
         self.on_depth = on_depth
         self.on_sent = on_sent
         self.on_failure = on_failure
         self.on_dead_letter = on_dead_letter
         self._memory: list[dict[str, Any]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._queued = asyncio.Event()
+        self._lock = asyncio.Lock()  # one spool call at a time (see the module's docstring)
         self._tasks: list[asyncio.Task[None]] = []
         self._spooled = asyncio.Event()
         self.last_error: str | None = None
 
-    def put(self, interaction: dict[str, Any], headers: dict[str, str]) -> None:
-        """Queue one interaction (with the trace headers of its request); never blocks. Without
-        a feedback service configured, nothing is kept."""
+    async def record(self, interaction: dict[str, Any], headers: dict[str, str]) -> None:
+        """Keep one interaction (with the trace headers of its request) durably: return once it
+        is in the spool, fsync'd, sharing the write with every interaction that gathered
+        meanwhile. Raises :class:`OutboxUnavailable` when the spool cannot be written (nothing
+        kept). Without a feedback service configured, nothing is kept."""
         if self.client is None:
             return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._memory.append({"op": "interaction", "rows": [interaction], "headers": headers})
+        self._waiters.append(done)
+        self._queued.set()
+        await done
 
     @property
     def depth(self) -> int:
@@ -71,6 +87,7 @@ class InteractionOutbox:
         return {"outbox spool": self._tasks[0], "outbox sender": self._tasks[1]}
 
     async def stop(self, budget_s: float = 30.0) -> None:
+        # A write under way is shielded: it finishes, and answers its waiters, after the cancel.
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -92,22 +109,40 @@ class InteractionOutbox:
             pass
 
     async def flush(self) -> None:
-        """Write what is in memory to the spool (fsync'd)."""
-        if not self._memory:
-            return
-        batch, self._memory = self._memory, []
-        await asyncio.to_thread(self.spool.append, batch)
+        """Write what is in memory to the spool (one write, one fsync) and answer its waiters."""
+        await asyncio.shield(self._flush())
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            if not self._memory:
+                return
+            batch, waiters = self._memory, self._waiters
+            self._memory, self._waiters = [], []
+            try:
+                await asyncio.to_thread(self.spool.append, batch)
+            except Exception as exc:  # a full disk: these asks are answered with an error
+                log.error("outbox spool write failed: %s", exc)
+                self.on_failure("spool")
+                why = exc.strerror if isinstance(exc, OSError) else None
+                error = OutboxUnavailable(
+                    f"the outbox spool could not be written ({why or type(exc).__name__})"
+                )
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+                return
+            for waiter in waiters:
+                if not waiter.done():  # its ask may have been cancelled (client gone)
+                    waiter.set_result(None)
         self.on_depth(self.depth)
         self._spooled.set()
 
     async def _spool_loop(self) -> None:
+        """Group commit: whatever gathered during the last write goes in the next one."""
         while True:
-            await asyncio.sleep(self.flush_s)
-            try:
-                await self.flush()
-            except OSError as exc:  # a full disk: keep them in memory and say so
-                log.error("outbox spool write failed: %s", exc)
-                self.on_failure("spool")
+            await self._queued.wait()
+            self._queued.clear()
+            await self.flush()
 
     async def _send_loop(self) -> None:
         backoff = 0.5
@@ -132,21 +167,43 @@ class InteractionOutbox:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._spooled.wait(), timeout=1.0)
 
-    async def _send_some(self) -> int:
-        segment = await asyncio.to_thread(self.spool.claim)
+    async def _send_some(self) -> bool:
+        """Send the oldest segment; False when there was none (an empty one counts as sent)."""
+        segment = await self._locked(self._claim)
         if segment is None:
-            return 0
+            return False
         try:
             ops = await asyncio.to_thread(lambda: list(Spool.read(segment)))
             await self._post_all(segment, ops)
         except BaseException:
             segment.release()
             raise
-        await asyncio.to_thread(self.spool.finish, segment, len(ops))
+        await self._locked(self.spool.finish, segment, len(ops))
         self.on_sent(len(ops))
         self.on_depth(self.depth)
         self.last_error = None
-        return len(ops)
+        return True
+
+    async def _locked(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` in a worker thread under the spool lock. Shielded: a cancel (the stop) must
+        not let the lock go while the thread still works on the spool."""
+
+        async def run() -> T:
+            async with self._lock:
+                return await asyncio.to_thread(fn, *args)
+
+        return await asyncio.shield(run())
+
+    def _claim(self) -> Segment | None:
+        """The oldest segment to send; the one asks were appending to is closed for it, so the
+        next is opened here, off the asks' path (a file creation costs two fsyncs)."""
+        segment = self.spool.claim()
+        if segment is not None:
+            try:
+                self.spool.ready_segment()
+            except OSError as exc:  # the next append tries again (and its asks hear why)
+                log.error("outbox segment not opened ahead: %s", exc)
+        return segment
 
     async def _post_all(self, segment: Segment, ops: list[dict[str, Any]]) -> None:
         assert self.client is not None

@@ -26,6 +26,7 @@ from services.common.errors import APIError, peer_error
 from services.common.http import context_headers
 from services.common.tracing import trace_id_for
 from services.rag.citations import cite, number_contexts
+from services.rag.outbox import OutboxUnavailable
 from services.rag.registry import PromptNotFound, PromptUnavailable, ResolvedPrompt
 from services.rag.state import RagState
 
@@ -264,14 +265,17 @@ async def _answer(state: RagState, p: Prepared) -> dict[str, Any]:
         span.set_attribute("gen_ai.operation.name", "chat")
         span.set_attribute("gen_ai.request.model", state.settings.model)
         _link_prompt(span, p.prompt)
-    return finish(
+    return await finish(
         state, p, text, data.get("usage"), r.headers.get("x-llmops-deployment"), data.get("model")
     )
 
 
 async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
     """SSE: ``rag.ask.chunk`` events with text deltas, then the whole ``rag.ask`` object, then
-    ``[DONE]``; a failure after the first byte is an ``error`` event, never a silent cut."""
+    ``[DONE]``; a failure after the first byte is an ``error`` event, never a silent cut.
+
+    The 200 goes out before the answer exists, so a stream is acknowledged by its final
+    ``rag.ask`` event: it is sent only once the interaction is durable in the outbox."""
     # The body runs in the response's own task, whose context is thrown away after it: no
     # detach needed (detaching across the yields would only log a spurious error).
     otel_context.attach(p.context)
@@ -339,8 +343,14 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
         yield b"data: [DONE]\n\n"
         return
     p.timings["llm"] = time.perf_counter() - t
+    try:
+        result = await finish(state, p, "".join(parts).strip(), usage, deployment, model)
+    except APIError as exc:
+        state.metrics.asks.labels(exc.code or "error", "true").inc()
+        yield _sse({"error": {"message": exc.message, "type": exc.type, "code": exc.code}})
+        yield b"data: [DONE]\n\n"
+        return
     state.metrics.asks.labels("ok", "true").inc()
-    result = finish(state, p, "".join(parts).strip(), usage, deployment, model)
     yield _sse(result)
     yield b"data: [DONE]\n\n"
 
@@ -349,7 +359,7 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def finish(
+async def finish(
     state: RagState,
     p: Prepared,
     text: str,
@@ -357,7 +367,8 @@ def finish(
     deployment: str | None,
     model: str | None,
 ) -> dict[str, Any]:
-    """The response, the metrics, and the interaction queued for the feedback service."""
+    """The response and the metrics, once the interaction for the feedback service is durable in
+    the outbox (an ask answered 2xx is never lost to a crash)."""
     citations, invalid = cite(text, p.used)
     total = time.perf_counter() - p.started
     m = state.metrics
@@ -393,37 +404,41 @@ def finish(
         "latency_ms": round(total * 1000, 2),
     }
     settings = state.settings
-    state.outbox.put(
-        {
-            "id": p.interaction_id,
-            "trace_id": p.trace_id,
-            "session_id": p.ask.session_id,
-            "user_id": p.ask.user_id,
-            "model": settings.model,
-            "deployment": deployment,
-            "prompt_name": p.prompt.name,
-            "prompt_version": p.prompt.version or "bundled",
-            "messages": p.messages,
-            "question": p.ask.question,
-            "context_ids": [str(c.get("id")) for c in p.used],
-            "answer": text,
-            "latency_ms": result["latency_ms"],
-            "usage": {
-                k: v
-                for k, v in (usage or {}).items()
-                if k in ("prompt_tokens", "completion_tokens")
-            }
-            or None,
-            "environment": settings.env,
-            "metadata": {
-                "collection": p.ask.collection,
-                "top_k": p.ask.top_k,
-                "degraded": p.degraded,
-                "citations": [c["marker"] for c in citations],
-                "served_model": model,
-            },
+    interaction = {
+        "id": p.interaction_id,
+        "trace_id": p.trace_id,
+        "session_id": p.ask.session_id,
+        "user_id": p.ask.user_id,
+        "model": settings.model,
+        "deployment": deployment,
+        "prompt_name": p.prompt.name,
+        "prompt_version": p.prompt.version or "bundled",
+        "messages": p.messages,
+        "question": p.ask.question,
+        "context_ids": [str(c.get("id")) for c in p.used],
+        "answer": text,
+        "latency_ms": result["latency_ms"],
+        "usage": {
+            k: v for k, v in (usage or {}).items() if k in ("prompt_tokens", "completion_tokens")
+        }
+        or None,
+        "environment": settings.env,
+        "metadata": {
+            "collection": p.ask.collection,
+            "top_k": p.ask.top_k,
+            "degraded": p.degraded,
+            "citations": [c["marker"] for c in citations],
+            "served_model": model,
         },
-        context_headers(),
-    )
+    }
+    try:
+        await state.outbox.record(interaction, context_headers())
+    except OutboxUnavailable as exc:
+        raise APIError(
+            503,
+            f"The answer could not be recorded: {exc}; nothing was kept. Retry shortly.",
+            code="outbox_unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
     m.outbox_depth.set(state.outbox.depth)
     return result

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response, StreamingResponse
 
-from services.common.errors import APIError
+from services.common.errors import APIError, ErrorBody
+from services.common.openapi import event_stream
+from services.common.routing import JsonRoute
 from services.common.scopes import needs_scope
 from services.rag import pipeline
 from services.rag.state import RagState
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=JsonRoute)
 
 
 class AskIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON types as documented, so "stream": 0 or "top_k": true (read as 1) and "2"
+    # are refused, not coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     question: str = Field(min_length=1, max_length=4000)
+    # Retrieval's own rule for collection names: the name goes into retrieval's URL, so a
+    # '/', '..', '?' or a control character must not reach it (another route, a 5xx).
     collection: str | None = Field(
-        None, min_length=1, max_length=200, description="Default: RAG_DEFAULT_COLLECTION."
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$",
+        description="Default: RAG_DEFAULT_COLLECTION.",
     )
     filter: dict[str, Any] | None = Field(None, description="Metadata filter, as retrieval's.")
     top_k: int | None = Field(None, ge=1, description="Chunks to retrieve; default RAG_TOP_K.")
@@ -33,11 +41,88 @@ class AskIn(BaseModel):
         None, max_length=20, pattern=r"^\d+$", description="Pin a prompt version (eval, A/B)."
     )
 
+    @field_validator("question", "session_id", "user_id")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        """The interaction is recorded in the feedback service, whose database cannot store a
+        NUL: refused here, not answered and then dropped from the record."""
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters (\\u0000)")
+        return value
+
+
+class Context(BaseModel):
+    marker: str = Field(description="[n], as the prompt numbered it.")
+    chunk_id: str | None
+    document_id: str | None
+    heading_path: list[str]
+    score: float | None
+
+
+class Citation(Context):
+    chunk_index: int | None
+
+
+class PromptUsed(BaseModel):
+    name: str
+    version: str | None = Field(description="null: the bundled prompt.")
+    source: Literal["registry", "last-known-good", "bundled"]
+
+
+class AskOut(BaseModel):
+    """The answer (built as a dict in pipeline.finish; this model documents it)."""
+
+    object: Literal["rag.ask"]
+    interaction_id: str
+    trace_id: str
+    answer: str
+    citations: list[Citation]
+    invalid_citations: list[int] = Field(description="[n] markers no retrieved chunk has.")
+    contexts: list[Context]
+    prompt: PromptUsed
+    model: str
+    deployment: str | None
+    usage: dict[str, Any] | None
+    degraded: list[str]
+    latency_ms: float
+
+
+ASK_CHUNK = {
+    "type": "object",
+    "required": ["object", "interaction_id", "delta"],
+    "properties": {
+        "object": {"const": "rag.ask.chunk"},
+        "interaction_id": {"type": "string"},
+        "delta": {"type": "string"},
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ASK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": AskOut,
+        "description": "The answer.",
+        "content": event_stream(
+            {"anyOf": [ASK_CHUNK, {"$ref": "#/components/schemas/AskOut"}]},
+            "With stream: true: rag.ask.chunk events (text deltas), then the whole rag.ask "
+            "answer, then [DONE]; a failure after the first byte is an error event.",
+        ),
+    },
+    429: _error("The model is rate limited; retry after the Retry-After header."),
+    502: _error("The LLM proxy or retrieval failed, or refused this service's key."),
+    504: _error("The model did not answer in time."),
+}
+
 
 @router.post(
     "/ask",
     openapi_extra=needs_scope("ask"),
     summary="Answer a question from a collection, with citations.",
+    responses=ASK_RESPONSES,
 )
 async def ask(body: AskIn, request: Request) -> Response:
     state: RagState = request.app.state.rag

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from services.common.errors import APIError
+from services.common.routing import JsonRoute
 from services.common.scopes import needs_scope
 from services.retrieval.embedder import EmbeddingsClient, EmbeddingsUnavailable
 from services.retrieval.filters import to_qdrant
@@ -16,7 +17,7 @@ from services.retrieval.ingest import Ingestor
 from services.retrieval.schemas import CollectionCreate, DocumentsRequest, SearchRequest
 from services.retrieval.store import CollectionInfo, QdrantStore
 
-router = APIRouter(tags=["retrieval"])
+router = APIRouter(tags=["retrieval"], route_class=JsonRoute)
 
 
 def _store(request: Request) -> QdrantStore:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.common.validation import no_control_characters
 
 MetaValue = str | int | float | bool | None | list[str | int | float | bool]
 
@@ -28,6 +30,10 @@ class Document(BaseModel):
     content_base64: str | None = None
     content_type: str | None = Field(None, description="Default: text/plain for `text`.")
     metadata: dict[str, MetaValue] = Field(default_factory=dict)
+
+    # An id is also a URL (DELETE .../documents/{id}), whose route cannot match a line break:
+    # such a document could be written but never deleted.
+    _no_control_characters = field_validator("id")(no_control_characters)
 
     @model_validator(mode="after")
     def _one_content(self) -> Document:

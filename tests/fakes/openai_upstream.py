@@ -16,7 +16,12 @@ control endpoints (no auth) for tests:
 * ``GET /_stats``, ``GET /_requests`` (the last 100 /v1 requests), ``POST /_reset``.
 
 A fault ``F`` is an object with any of: ``delay_ms`` (sleep first), ``status`` (+ ``retry_after``)
-for an OpenAI-style JSON error, ``hang``, ``malformed``, ``cut_after_chunks``, ``drop``.
+for an OpenAI-style JSON error, ``hang``, ``malformed``, ``cut_after_chunks``,
+``hang_after_chunks`` (a stream stalls after N chunks), ``drop``. A fault with ``p`` applies to
+a request with that probability, and ``one_of: [F, ...]`` picks one of those faults (uniformly)
+when it applies: ``{"always": {"p": 0.5, "one_of": [{"status": 500}, {"hang": true}]}}`` fails
+about half the requests. The draws come from a seeded RNG (``{"seed": N}`` in ``/_script``;
+``/_reset`` goes back to seed 0), so a run can be repeated.
 
 It is also the benchmarks' upstream, so the default path is kept short: orjson, no access log.
 """
@@ -29,6 +34,7 @@ import base64
 import collections
 import contextlib
 import hashlib
+import random
 import struct
 import time
 from typing import Any
@@ -55,6 +61,7 @@ class FakeUpstream:
         self.always: dict[str, Any] | None = None
         self.recorded: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self.seq = 0
+        self.rng = random.Random(0)  # draws of probabilistic faults (``p``, ``one_of``)
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -108,7 +115,20 @@ class FakeUpstream:
             }
         )
         fault = self.faults.popleft() if self.faults else self.always
+        if fault and ("p" in fault or "one_of" in fault):
+            fault = self._draw(fault)
         return body, fault
+
+    def _draw(self, fault: dict[str, Any]) -> dict[str, Any] | None:
+        """A probabilistic fault for one request: None (no fault) with probability 1 - p,
+        else one of ``one_of`` (or the fault itself without it)."""
+        if self.rng.random() >= float(fault.get("p", 1.0)):
+            return None
+        choices = fault.get("one_of")
+        if isinstance(choices, list) and choices:
+            picked = self.rng.choice(choices)
+            return picked if isinstance(picked, dict) else None
+        return fault
 
     async def _pre(
         self, request: web.Request, fault: dict[str, Any] | None
@@ -227,6 +247,7 @@ class FakeUpstream:
                 _close(request)
                 return resp
             cut = fault.get("cut_after_chunks") if fault else None
+            stall = fault.get("hang_after_chunks") if fault else None
             await resp.write(event({"role": "assistant", "content": ""}))
             if self.scripted_content or self.rules:
                 words = self._reply(body).split(" ")
@@ -236,6 +257,9 @@ class FakeUpstream:
             for i, piece in enumerate(pieces):
                 if cut is not None and i >= int(cut):
                     _close(request)
+                    return resp
+                if stall is not None and i >= int(stall):
+                    await _hang(request)
                     return resp
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
@@ -324,6 +348,8 @@ class FakeUpstream:
             self.faults.append(fault if isinstance(fault, dict) else {})
         if "always" in body:
             self.always = body["always"] or None
+        if "seed" in body:
+            self.rng = random.Random(body["seed"])
         if "content" in body:
             self.content = str(body["content"] or self.default_content)
             self.scripted_content = bool(body["content"])
@@ -342,6 +368,7 @@ class FakeUpstream:
         self.always = None
         self.content, self.scripted_content = self.default_content, False
         self.rules = []
+        self.rng = random.Random(0)
         self.recorded.clear()
         self.reset_stats()
         return self._json({"reset": True})

@@ -6,6 +6,7 @@ Redis and PostgreSQL are never skipped: if they are not reachable the tests fail
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 from tests.conftest import ROOT, ServiceProcess, clean_env, free_port, fresh_pg_database
@@ -174,6 +176,58 @@ def pg_database() -> Iterator[str]:
     """A fresh database on the real PostgreSQL, dropped afterwards."""
     with fresh_pg_database("llmops_proxy") as url:
         yield url
+
+
+class PrivateRedis:
+    """A redis-server of a test's own on a free port (never the machine's), without persistence:
+    a test may kill it, and it comes back empty on the same port, as an unreplicated cache does."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> float:
+        """Start it; returns when it accepts connections (time.monotonic())."""
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return time.monotonic()
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> tuple[float, float]:
+        """SIGKILL it; returns when the signal was sent (a request answered before then saw a
+        live Redis) and when it was gone (one sent after that cannot have)."""
+        assert self.proc is not None
+        sent = time.monotonic()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        return sent, time.monotonic()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    r = PrivateRedis(tmp_path)
+    yield r
+    r.stop()
 
 
 def base_config(fakes: dict[str, FakeUpstream]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ window with enough time left instead of racing its end.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
-from tests.llm_proxy.conftest import FakeUpstream, Proxy, base_config, deployment
+from tests.llm_proxy.conftest import FakeUpstream, PrivateRedis, Proxy, base_config, deployment
 
 
 def _fresh_window(need_s: float = 12.0) -> None:
@@ -126,33 +124,6 @@ def test_in_memory_limits_on_one_instance(
     _fresh_window(10)
     codes = [p.chat(key, max_tokens=1).status_code for _ in range(5)]
     assert codes == [200, 200, 200, 429, 429]
-
-
-class PrivateRedis:
-    """A redis-server of our own, so the test can stop it without touching the shared one."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(tmp)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                import socket
-
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def test_redis_down_follows_the_fail_mode(

@@ -17,14 +17,11 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    API_KEY_HASH,
     ServiceProcess,
     clean_env,
     free_port,
-    fresh_pg_database,
 )
-from tests.llm_proxy.conftest import FakeUpstream
-from tests.rag.platform import Platform, start_proxy, start_retrieval
+from tests.rag.platform import Platform, running_platform
 
 
 def mlflow_env(**extra: str) -> dict[str, str]:
@@ -139,20 +136,5 @@ def restartable_mlflow(tmp_path: Path) -> Iterator[MlflowServer]:
 def platform(
     service_factory: Any, embeddings: ServiceProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
-    tmp = tmp_path_factory.mktemp("rag-platform")
-    fake = FakeUpstream("rag-fake", tmp)
-    with fresh_pg_database("llmops_rag") as pg:
-        feedback: ServiceProcess = service_factory(
-            "feedback",
-            ENV="dev",
-            FEEDBACK_API_KEY_HASHES=API_KEY_HASH,
-            FEEDBACK_DATABASE_URL=pg,
-            FEEDBACK_SPOOL_DIR=str(tmp / "fb-spool"),
-        ).wait_ready(60)
-        yield Platform(
-            retrieval=start_retrieval(service_factory, embeddings, tmp),
-            proxy=start_proxy(service_factory, fake, tmp),
-            fake=fake,
-            feedback_url=feedback.url,
-        )
-    fake.stop()
+    with running_platform(service_factory, embeddings, tmp_path_factory.mktemp("rag")) as p:
+        yield p

@@ -3,6 +3,8 @@ Qdrant, the proxy over the fake upstream, feedback on PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import API_KEY, API_KEY_HASH, ServiceProcess, auth_headers
+from tests.conftest import API_KEY, API_KEY_HASH, ServiceProcess, auth_headers, fresh_pg_database
 from tests.llm_proxy.conftest import MASTER_KEY, FakeUpstream
 from tests.retrieval.conftest import retrieval_env
 
@@ -43,6 +45,7 @@ class Platform:
     proxy: ServiceProcess
     fake: FakeUpstream
     feedback_url: str
+    database_url: str = ""  # feedback's PostgreSQL, for tests that count its rows
 
     def rag_env(self, tmp: Path, **extra: str) -> dict[str, str]:
         return {
@@ -56,10 +59,36 @@ class Platform:
             "RAG_FEEDBACK_API_KEY": API_KEY,
             "RAG_DEFAULT_COLLECTION": "handbook",
             "RAG_OUTBOX_DIR": str(tmp / "outbox"),
-            "RAG_OUTBOX_FLUSH_S": "0.05",
             "RAG_MAX_TOKENS": "64",
             **extra,
         }
+
+
+@contextmanager
+def running_platform(
+    service_factory: Any, embeddings: ServiceProcess, tmp: Path, name: str = "rag"
+) -> Iterator[Platform]:
+    """Feedback on a fresh PostgreSQL database, retrieval with the handbook, the proxy over a
+    fake upstream of its own; the fake is stopped (the services by the factory) afterwards."""
+    fake = FakeUpstream(f"{name}-fake", tmp)
+    try:
+        with fresh_pg_database(f"llmops_{name}") as pg:
+            feedback: ServiceProcess = service_factory(
+                "feedback",
+                ENV="dev",
+                FEEDBACK_API_KEY_HASHES=API_KEY_HASH,
+                FEEDBACK_DATABASE_URL=pg,
+                FEEDBACK_SPOOL_DIR=str(tmp / "fb-spool"),
+            ).wait_ready(120)
+            yield Platform(
+                retrieval=start_retrieval(service_factory, embeddings, tmp),
+                proxy=start_proxy(service_factory, fake, tmp),
+                fake=fake,
+                feedback_url=feedback.url,
+                database_url=pg,
+            )
+    finally:
+        fake.stop()
 
 
 def start_retrieval(service_factory: Any, embeddings: ServiceProcess, tmp: Path) -> ServiceProcess:

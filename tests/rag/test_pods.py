@@ -20,10 +20,9 @@ from tests.rag.test_ask import ask, recorded
 def test_a_stop_sends_every_interaction_before_exit(
     platform: Platform, service_factory: Any, tmp_path: Path
 ) -> None:
-    # Spooled only every 10 minutes: the interactions are in memory when the stop comes.
-    svc = service_factory("rag", **platform.rag_env(tmp_path, RAG_OUTBOX_FLUSH_S="600")).wait_ready(
-        60
-    )
+    # The stop comes right after the answers: their interactions are in the outbox, perhaps
+    # not yet sent; the stop must send them before the process exits.
+    svc = service_factory("rag", **platform.rag_env(tmp_path)).wait_ready(60)
     ids = [ask(svc, question=f"Shipping times? ({n})").json()["interaction_id"] for n in range(3)]
     svc.proc.send_signal(signal.SIGTERM)
     assert svc.proc.wait(60) is not None
