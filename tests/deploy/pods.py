@@ -152,6 +152,19 @@ def _base_python() -> str:
     return str(getattr(sys, "_base_executable", sys.executable))
 
 
+def project_wheel(work: Path) -> Path:
+    """The project built as a wheel under ``work``, as the Dockerfile's build stage does (once;
+    a later call finds it)."""
+    wheels = work / "wheels"
+    if not wheels.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+             "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return next(wheels.glob("llmops_platform-*.whl"))
+
+
 def image_venv(image: str, work: Path) -> Path:
     """A virtual environment holding exactly the image's lock files (kept between runs under
     .llmops/venvs, keyed by their hash) and the project installed from a wheel, as the
@@ -171,14 +184,7 @@ def image_venv(image: str, work: Path) -> Path:
                 check=True,
             )
         (venv / ".complete").touch()
-    wheels = work / "wheels"
-    if not wheels.exists():
-        subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-             "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT)],
-            check=True, capture_output=True,
-        )  # fmt: skip
-    wheel = next(wheels.glob("llmops_platform-*.whl"))
+    wheel = project_wheel(work)
     subprocess.run(
         [*pip, "install", "--quiet", "--no-deps", "--force-reinstall", str(wheel)], check=True
     )

@@ -1,4 +1,4 @@
-"""The whole platform under a mixed load for a while (``LLMOPS_SOAK_S`` seconds; 25 in `make
+"""The whole platform under a mixed load for a while (``LLMOPS_SOAK_S`` seconds; 10 in `make
 test`, 600 with ``LLMOPS_RELIABILITY_LONG=1``): asks (plain and streamed), searches, ingests,
 embeddings, chat through the proxy with a virtual key, feedback writes and reads, one thread
 each. Every answer must be a 2xx (so no 5xx), every acknowledged write must be in PostgreSQL
@@ -27,8 +27,8 @@ from tests.conftest import metric, scrape
 from tests.reliability.conftest import WholePlatform, whole_platform
 from tests.reliability.harness import SteadyLoad, long_mode, record, record_row, rss_kb, scaled
 
-SOAK_S = float(os.environ.get("LLMOPS_SOAK_S") or scaled(15, 600))
-WARMUP_S = scaled(5, 60)
+SOAK_S = float(os.environ.get("LLMOPS_SOAK_S") or scaled(10, 600))
+WARMUP_S = scaled(3, 60)
 RSS_SLACK_MIB = 48.0
 RSS_MIB_PER_10K = 40.0
 REPLY = "Damaged items can be returned within 30 days [1]."
