@@ -74,6 +74,7 @@ class ServiceProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{service}-{self.port}.log"
         self._log = self.log_path.open("wb")
+        self._terminated = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "serve", service,
              "--port", str(self.port), "--workers", str(workers)],
@@ -99,9 +100,15 @@ class ServiceProcess:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM once (a second one would make uvicorn skip its graceful drain)."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        self.terminate()
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -122,6 +129,8 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         return proc
 
     yield start
+    for proc in started:  # every drain at once: the session's end waits for the slowest only
+        proc.terminate()
     for proc in started:
         proc.stop()
     no_keys_in_logs(log_dir)
