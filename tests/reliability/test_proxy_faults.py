@@ -534,8 +534,9 @@ def test_key_store_cut_serves_cached_keys_refuses_unknown_ones_and_recovers(
             load = SteadyLoad(call, threads=THREADS, pause_s=0.005)
             with load:
                 load.run_for(scaled(1.5, 5.0))
-                down = time.monotonic()
+                cut_at = time.monotonic()  # answered before this: the store was there
                 db.cut()
+                down = time.monotonic()  # sent after this: the store cannot be reached
                 cutting.set()
                 load.run_for(cut_s / 2)
                 # Admin calls need the store too: a clear 503, not a 500.
@@ -593,7 +594,7 @@ def test_key_store_cut_serves_cached_keys_refuses_unknown_ones_and_recovers(
             recovery = _first_after(outcomes, back, looked_up)
             healed = back + recovery
             for o in outcomes:
-                if o.done < down or o.sent > healed + 0.5:
+                if o.done < cut_at or o.sent > healed + 0.5:
                     assert o.status in (200, 401), o
 
             # Spend summed during the cut (the writer failed and kept it) is written once the
