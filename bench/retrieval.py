@@ -8,6 +8,10 @@ In one run:
            (``POST /v1/collections/{c}/search`` with ``vector``, so no embedding is involved) and
            straight through ``qdrant_client.QdrantClient(path=...)`` on a copy of the same data,
            alternating query by query. ``search_overhead_ms_p50`` is the difference of medians.
+  hybrid   the same text queries through the service in mode ``dense`` and ``hybrid`` (dense +
+           BM25, fused by reciprocal rank), alternating query by query; both embed the query,
+           so ``hybrid_overhead_ms_p50`` is what the lexical half and the fusion add. Ingest
+           above writes BM25 vectors too; ``bm25_chunks_per_s`` is their in-process cost.
 
     .venv/bin/python bench/retrieval.py [--docs 60] [--queries 300]
 """
@@ -172,7 +176,7 @@ def main() -> None:
             ]
             for v, b in zip(vectors[:20], bodies[:20], strict=True):  # warm-up
                 raw.post("/v1/collections/bench/search", b)
-                direct.query_points("bench", query=v, query_filter=qfilter, limit=10)
+                direct.query_points("bench", query=v, using="dense", query_filter=qfilter, limit=10)
             service_ms: list[float] = []
             direct_ms: list[float] = []
             for v, b in zip(vectors, bodies, strict=True):
@@ -181,14 +185,35 @@ def main() -> None:
                 service_ms.append((time.perf_counter() - t0) * 1000)
                 assert status == 200
                 t0 = time.perf_counter()
-                direct.query_points("bench", query=v, query_filter=qfilter, limit=10)
+                direct.query_points("bench", query=v, using="dense", query_filter=qfilter, limit=10)
                 direct_ms.append((time.perf_counter() - t0) * 1000)
+            # Hybrid against dense, text queries, alternating.
+            modes: dict[str, list[float]] = {"dense": [], "hybrid": []}
+            for i, query in enumerate(queries):
+                order = ("dense", "hybrid") if i % 2 else ("hybrid", "dense")
+                for mode in order:
+                    body = {"query": query, "top_k": 10, "mode": mode, "with_text": False}
+                    t0 = time.perf_counter()
+                    status, _ = raw.post("/v1/collections/bench/search", json.dumps(body).encode())
+                    if i >= 20:  # the first 20 are warm-up
+                        modes[mode].append((time.perf_counter() - t0) * 1000)
+                    assert status == 200
             raw.sock.close()
             direct.close()
         finally:
             stop(ret)
             stop(emb)
 
+    from services.retrieval.sparse import BM25
+
+    bm25 = BM25(100.0)
+    t0 = time.perf_counter()
+    for text in texts:
+        bm25.document(text)
+    bm25_rate = len(texts) / (time.perf_counter() - t0)
+    h50, h99 = statistics.median(modes["hybrid"]), pct(modes["hybrid"], 0.99)
+    e50, e99 = statistics.median(modes["dense"]), pct(modes["dense"], 0.99)
+    print(f"text search, dense: p50 {e50:.2f} ms; hybrid: p50 {h50:.2f} ms", file=sys.stderr)
     s50, s99 = statistics.median(service_ms), pct(service_ms, 0.99)
     d50, d99 = statistics.median(direct_ms), pct(direct_ms, 0.99)
     print(f"search through the service: p50 {s50:.2f} ms, p99 {s99:.2f} ms", file=sys.stderr)
@@ -206,6 +231,11 @@ def main() -> None:
                 "search_direct_ms_p99": round(d99, 3),
                 "search_overhead_ms_p50": round(s50 - d50, 3),
                 "search_overhead_ms_p99": round(s99 - d99, 3),
+                "text_search_dense_ms_p50": round(e50, 3),
+                "text_search_hybrid_ms_p50": round(h50, 3),
+                "hybrid_overhead_ms_p50": round(h50 - e50, 3),
+                "hybrid_overhead_ms_p99": round(h99 - e99, 3),
+                "bm25_chunks_per_s": round(bm25_rate, 1),
                 "ingest_chunks_per_s": round(ingest_rate, 1),
                 "encode_texts_per_s": round(encode_rate, 1),
                 "ingest_ratio": round(ingest_rate / encode_rate, 3),

@@ -496,12 +496,25 @@ app.add_typer(prompts_app, name="prompts")
 app.add_typer(models_app, name="models")
 
 
-@app.command("eval")
+eval_app = typer.Typer(
+    help="Evaluate: a prompt version through the whole pipeline (`llmops eval --dataset F "
+    "--prompt P`), or retrieval alone (`llmops eval retrieval`).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback()
 def eval_cmd(
-    dataset: Annotated[Path, typer.Option("--dataset", "-d", help="JSONL questions.")],
+    ctx: typer.Context,
+    dataset: Annotated[
+        Path | None, typer.Option("--dataset", "-d", help="JSONL questions.")
+    ] = None,
     prompt: Annotated[
-        str, typer.Option("--prompt", "-p", help="The candidate: NAME@ALIAS or NAME/VERSION.")
-    ],
+        str | None,
+        typer.Option("--prompt", "-p", help="The candidate: NAME@ALIAS or NAME/VERSION."),
+    ] = None,
     against: Annotated[
         str | None, typer.Option("--against", help="The baseline, e.g. NAME@production.")
     ] = None,
@@ -522,6 +535,11 @@ def eval_cmd(
     ] = None,
 ) -> None:
     """Run a prompt version through the real pipeline on a dataset; log the run to MLflow."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if dataset is None or prompt is None:
+        console.print("[red]error:[/] `llmops eval` needs --dataset and --prompt (or a subcommand)")
+        raise typer.Exit(2)
     from services.cli.evaluate import margin_from_env, run_eval
     from services.cli.prompts import _reported, connect
     from services.rag.evaluation import gate_passes
@@ -541,6 +559,55 @@ def eval_cmd(
     if fail_on_gate and diff is not None:
         ok = gate_passes(diff["score"], margin if margin is not None else margin_from_env())
         raise typer.Exit(0 if ok else 1)
+    raise typer.Exit(0)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval_cmd(
+    dataset: Annotated[
+        Path,
+        typer.Option(
+            "--dataset", "-d", help="JSONL: question, expected_documents, expected_passages, type."
+        ),
+    ],
+    collection: Annotated[str, typer.Option("--collection", "-c", help="The collection searched.")],
+    mode: Annotated[
+        str | None,
+        typer.Option(help="dense, sparse or hybrid; default: the collection's search_mode."),
+    ] = None,
+    against_collection: Annotated[
+        str | None, typer.Option(help="Baseline collection (e.g. another embedder or chunking).")
+    ] = None,
+    against_mode: Annotated[
+        str | None, typer.Option(help="Baseline search mode (on the baseline collection).")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Retrieval URL; default $LLMOPS_RETRIEVAL_URL or :8002.")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_default=False),
+    ] = None,
+) -> None:
+    """Score retrieval alone (hit@1/5/10, MRR, nDCG@10 with clustered 95% CIs, per question
+    type); with --against-*, the paired difference of two configurations. Logged to MLflow."""
+    from services.cli.prompts import _reported, connect
+    from services.cli.retrieval_eval import run_retrieval_eval
+
+    for value in (mode, against_mode):
+        if value not in (None, "dense", "sparse", "hybrid"):
+            console.print(f"[red]error:[/] mode {value!r}: use dense, sparse or hybrid")
+            raise typer.Exit(2)
+    with _reported(tracking_uri):
+        run_retrieval_eval(
+            connect(tracking_uri),
+            dataset=dataset,
+            collection=collection,
+            mode=mode,
+            against_collection=against_collection,
+            against_mode=against_mode,
+            url=url,
+        )
     raise typer.Exit(0)
 
 

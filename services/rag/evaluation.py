@@ -12,11 +12,12 @@ that difference's 95% interval is at least ``-margin``: "not worse by more than 
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from services.common.stats import Estimate as Estimate
+from services.common.stats import clustered_mean as clustered_mean
 
 METRICS = ("hit", "citation_validity", "fact_recall", "score")
 EXPERIMENT = "llmops-eval"
@@ -63,49 +64,6 @@ def score(q: Question, answer: dict[str, Any]) -> dict[str, float]:
         "fact_recall": fact_recall,
         "score": (hit + citation_validity + fact_recall) / 3,
     }
-
-
-@dataclass(frozen=True)
-class Estimate:
-    mean: float
-    se: float
-    ci_low: float
-    ci_high: float
-    n: int
-    clusters: int
-
-
-def t_quantile(df: int, p: float = 0.975) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(p, df))
-
-
-def clustered_mean(values: Sequence[float], clusters: Sequence[str]) -> Estimate:
-    """Mean with its cluster-robust (CR1) standard error and 95% t interval.
-
-    SE^2 = G/(G-1) * sum over clusters of (sum of residuals in the cluster)^2 / n^2. With fewer
-    than two clusters there is nothing to cluster on: the plain SE with n-1 degrees of freedom.
-    """
-    n = len(values)
-    if n == 0:
-        raise ValueError("no values")
-    mean = sum(values) / n
-    groups: dict[str, float] = defaultdict(float)
-    for v, c in zip(values, clusters, strict=True):
-        groups[c] += v - mean
-    g = len(groups)
-    if g >= 2:
-        var = g / (g - 1) * sum(s * s for s in groups.values()) / (n * n)
-        df = g - 1
-    elif n >= 2:
-        var = sum((v - mean) ** 2 for v in values) / (n - 1) / n
-        df = n - 1
-    else:
-        return Estimate(mean, math.inf, -math.inf, math.inf, n, g)
-    se = math.sqrt(var)
-    half = t_quantile(df) * se
-    return Estimate(mean, se, mean - half, mean + half, n, g)
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Estimate]:

@@ -48,6 +48,12 @@ def create_app(settings: RetrievalSettings | None = None) -> FastAPI:
             "retrieval_search_results", "Results per search.", buckets=(0, 1, 2, 5, 10, 20, 50, 100)
         ),
         "empty": m.counter("retrieval_search_empty_total", "Searches that found nothing."),
+        "modes": m.counter(
+            "retrieval_searches_total",
+            "Searches, by mode (dense, sparse, hybrid).",
+            ["mode"],
+            initial=("dense", "sparse", "hybrid"),
+        ),
     }
     app.include_router(routes.router)
     return app

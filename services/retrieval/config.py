@@ -42,6 +42,19 @@ class RetrievalSettings(ServiceSettings):
     chunk_tokens: int = Field(200, ge=16)
     chunk_overlap_tokens: int = Field(32, ge=0)
 
+    # Search. New collections hold a dense and a BM25 vector per chunk; a search without
+    # "mode" uses the collection's own default (this one, for collections made without one).
+    default_search_mode: Literal["dense", "sparse", "hybrid"] = "hybrid"
+    bm25_avg_len: float = Field(
+        100.0, gt=0, description="A typical chunk's length in BM25 terms (length normalisation)."
+    )
+    hybrid_candidates: int = Field(
+        50, ge=1, description="Candidates each half of a hybrid search hands to the fusion."
+    )
+    rrf_k: int = Field(
+        60, ge=1, description="Reciprocal rank fusion's constant: 1/(k + rank) per list."
+    )
+
     # Limits.
     max_documents_per_request: int = Field(256, ge=1)
     max_document_bytes: int = Field(5 * 1024 * 1024, ge=1)

@@ -24,18 +24,20 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from qdrant_client import models
 
 from services.common.errors import APIError
 from services.common.metrics import Metrics
+from services.retrieval import sparse
 from services.retrieval.chunking import chunk_blocks
 from services.retrieval.config import RetrievalSettings
 from services.retrieval.embedder import EmbeddingsClient, EmbeddingsUnavailable
 from services.retrieval.loaders import LoadError, load
 from services.retrieval.schemas import Document
-from services.retrieval.store import QdrantStore
+from services.retrieval.store import SPARSE, QdrantStore
 
 log = logging.getLogger("llmops.retrieval")
 NAMESPACE = uuid.UUID("6f1c0c36-4f0e-4a39-9d0a-1d9f6c3f2b11")
@@ -106,7 +108,10 @@ class Ingestor:
         digest = hashlib.sha256(content if isinstance(content, bytes) else content.encode())
         # Metadata and chunking settings are part of what was stored: a change re-ingests.
         digest.update(orjson.dumps([content_type, doc.metadata], option=orjson.OPT_SORT_KEYS))
-        digest.update(f"{s.chunk_tokens}/{s.chunk_overlap_tokens}/{s.embeddings_model}".encode())
+        digest.update(
+            f"{s.chunk_tokens}/{s.chunk_overlap_tokens}/{s.embeddings_model}/{sparse.VERSION}"
+            f"/{s.bm25_avg_len}".encode()
+        )
         return digest.hexdigest()
 
     async def ingest(self, collection: str, docs: list[Document]) -> list[Outcome]:
@@ -136,6 +141,9 @@ class Ingestor:
                 return Outcome(doc.id or "?", "failed", reason=exc.message)
 
     async def _one(self, collection: str, doc: Document) -> Outcome:
+        layout = await self.store.layout(collection)
+        if layout is None:  # deleted since the route looked
+            return Outcome(doc.id or "?", "failed", reason=f"'{collection}' no longer exists")
         content, content_type = _content(doc)
         content_hash = self._hash(content, content_type, doc)
         doc_id = doc.id or f"sha256:{content_hash[:32]}"
@@ -154,13 +162,27 @@ class Ingestor:
             s.chunk_overlap_tokens,
             await self.embedder.input_limit(),
         )
-        vectors = await self.embedder.embed([c.embed_text for c in chunks])
+        texts = [c.embed_text for c in chunks]
+        vectors = await self.embedder.embed(texts)
+        lexical: list[models.SparseVector] = []
+        if layout.sparse:
+            bm25 = sparse.BM25(s.bm25_avg_len)
+            lexical = await asyncio.to_thread(lambda: [bm25.document(t) for t in texts])
+
+        def vector(i: int) -> Any:
+            if not layout.dense:  # a collection made before hybrid search: one unnamed vector
+                return vectors[i].tolist()
+            named: dict[str, Any] = {layout.dense: vectors[i].tolist()}
+            if lexical:
+                named[SPARSE] = lexical[i]
+            return named
+
         now = time.time()
         version = new_version()
         points = [
             models.PointStruct(
                 id=point_id(doc_id, version, c.index),
-                vector=vectors[i].tolist(),
+                vector=vector(i),
                 payload={
                     "doc_id": doc_id,
                     "chunk_index": c.index,

@@ -42,6 +42,7 @@ class Block:
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^(```|~~~)")
+_MAX_TERM = 100  # characters of a definition term kept as a heading (long signatures)
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -82,29 +83,43 @@ def load_text(text: str) -> list[Block]:
 
 
 def load_html(raw: str) -> list[Block]:
+    """Blocks under their heading path. A definition list's term (``<dt>``: a glossary entry,
+    an API signature in Sphinx's pages) heads its definition like a sub-heading, one level
+    deeper per nested list, so a function's description carries its signature; permalink
+    anchors (Sphinx's pilcrows) are dropped."""
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(raw, "html.parser")
     for tag in soup(["script", "style", "noscript", "nav", "footer", "template"]):
+        tag.decompose()
+    for tag in soup.select("a.headerlink"):
         tag.decompose()
     blocks: list[Block] = []
     path: list[tuple[int, str]] = []
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     body = soup.body or soup
     for el in body.find_all(
-        ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "pre", "td", "blockquote"]
+        ["h1", "h2", "h3", "h4", "h5", "h6", "dt", "p", "li", "pre", "td", "blockquote"]
     ):
         name = el.name or ""
         text = el.get_text(" ", strip=True)
         if not text:
             continue
+        if el.find_parent(["li", "td", "blockquote", "pre"]) is not None:
+            continue  # its text is part of the enclosing block already
+        depth = len(el.find_parents("dd"))  # inside how many definitions
+        if name == "dt":  # a signature's parts are adjacent spans: join them as they stand
+            term = re.sub(r"\s+", " ", el.get_text("", strip=True))
+            term = term if len(term) <= _MAX_TERM else term[: _MAX_TERM - 1] + "…"
+            path = [(lvl, h) for lvl, h in path if lvl < 7 + depth]
+            path.append((7 + depth, term))
+            continue
         if name.startswith("h") and len(name) == 2:
             level = int(name[1])
             path = [(lvl, h) for lvl, h in path if lvl < level]
-            path.append((level, text))
+            path.append((level, re.sub(r"\s+", " ", text)))
             continue
-        if el.find_parent(["li", "td", "blockquote", "pre"]) is not None:
-            continue  # its text is part of the enclosing block already
+        path = [(lvl, h) for lvl, h in path if lvl <= 6 + depth]  # left a definition
         heads = tuple(h for _, h in path) or ((title,) if title else ())
         blocks.append(Block(heads, re.sub(r"[ \t]+", " ", text)))
     return blocks

@@ -15,6 +15,7 @@ from services.retrieval.embedder import EmbeddingsClient, EmbeddingsUnavailable
 from services.retrieval.filters import to_qdrant
 from services.retrieval.ingest import Ingestor
 from services.retrieval.schemas import CollectionCreate, DocumentsRequest, SearchRequest
+from services.retrieval.sparse import BM25
 from services.retrieval.store import CollectionInfo, QdrantStore
 
 router = APIRouter(tags=["retrieval"], route_class=JsonRoute)
@@ -31,6 +32,9 @@ def _card(info: CollectionInfo) -> dict[str, Any]:
         "points_count": info.points_count,
         "vector_size": info.vector_size,
         "distance": "cosine",
+        "sparse": "bm25" if info.sparse else None,
+        "search_mode": info.search_mode,
+        "search_modes": list(info.modes),
     }
 
 
@@ -69,7 +73,8 @@ async def create_collection(body: CollectionCreate, request: Request) -> JSONRes
         size = await embedder.dimension()
     except EmbeddingsUnavailable as exc:
         raise _unavailable(exc) from exc
-    await store.create(body.name, size, dict(body.metadata_fields))
+    mode = body.search_mode or request.app.state.settings.default_search_mode
+    await store.create(body.name, size, dict(body.metadata_fields), mode)
     info = await _collection(request, body.name)
     return JSONResponse(_card(info), status_code=201)
 
@@ -183,26 +188,50 @@ async def search(name: str, body: SearchRequest, request: Request) -> dict[str, 
         )
     flt = to_qdrant(body.filter)
     store = _store(request)
-    size = await store.vector_size(name)
-    if size is None:
-        size = (await _collection(request, name)).vector_size  # the 404, or a just-created one
-    if body.vector is not None:
-        vector = body.vector
-    else:
-        try:
-            vector = (await request.app.state.embedder.embed([body.query]))[0].tolist()
-        except EmbeddingsUnavailable as exc:
-            raise _unavailable(exc) from exc
-    if len(vector) != size:
+    info = await store.layout(name) or await _collection(request, name)
+    mode = body.mode or ("dense" if body.vector is not None else info.search_mode)
+    if mode not in info.modes:
         raise APIError(
             400,
-            f"'vector' has {len(vector)} dimensions; '{name}' holds {size}.",
+            f"'{name}' holds dense vectors only (it was created before hybrid search), so it "
+            f'cannot be searched in mode \'{mode}\'. Search it with "mode": "dense", or '
+            "create a new collection and ingest the documents into it again: new collections "
+            "hold BM25 vectors too.",
+            param="mode",
+            code="mode_unavailable",
+        )
+    if mode == "hybrid" and body.score_threshold is not None:
+        raise APIError(
+            400,
+            "'score_threshold' has no fixed scale on a hybrid search's fused (reciprocal rank) "
+            'scores; search with "mode": "dense" (cosine similarity) or "sparse" (BM25) to use '
+            "a threshold.",
+            param="score_threshold",
+            code="invalid_value",
+        )
+    sparse = None
+    if body.vector is not None:
+        vector: list[float] | None = body.vector
+    else:
+        assert body.query is not None
+        if mode != "dense":
+            sparse = BM25.query(body.query)
+        vector = None
+        if mode != "sparse":
+            try:
+                vector = (await request.app.state.embedder.embed([body.query]))[0].tolist()
+            except EmbeddingsUnavailable as exc:
+                raise _unavailable(exc) from exc
+    if vector is not None and len(vector) != info.vector_size:
+        raise APIError(
+            400,
+            f"'vector' has {len(vector)} dimensions; '{name}' holds {info.vector_size}.",
             param="vector",
             code="invalid_value",
         )
     try:
         points = await store.search(
-            name, vector, flt, body.top_k, body.score_threshold, body.with_vectors
+            info, mode, vector, sparse, flt, body.top_k, body.score_threshold, body.with_vectors
         )
     except Exception as exc:
         if not QdrantStore.is_missing_collection(exc):
@@ -225,11 +254,17 @@ async def search(name: str, body: SearchRequest, request: Request) -> dict[str, 
         if body.with_text:
             item["text"] = payload.get("text")
         if body.with_vectors:
-            item["vector"] = p.vector
+            item["vector"] = p.vector.get(info.dense) if isinstance(p.vector, dict) else p.vector
         results.append(item)
     elapsed = time.perf_counter() - started
     metrics["seconds"].observe(elapsed)
+    metrics["modes"].labels(mode).inc()
     metrics["results"].observe(len(results))
     if not results:
         metrics["empty"].inc()
-    return {"collection": name, "results": results, "took_ms": round(elapsed * 1000, 3)}
+    return {
+        "collection": name,
+        "mode": mode,
+        "results": results,
+        "took_ms": round(elapsed * 1000, 3),
+    }

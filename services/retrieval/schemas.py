@@ -20,6 +20,10 @@ class CollectionCreate(BaseModel):
     ] = Field(
         default_factory=dict, description="Metadata fields to index for filtering, with types."
     )
+    search_mode: Literal["dense", "sparse", "hybrid"] | None = Field(
+        None,
+        description="What a search without 'mode' does; default: RETRIEVAL_DEFAULT_SEARCH_MODE.",
+    )
 
 
 class Document(BaseModel):
@@ -65,6 +69,11 @@ class SearchRequest(BaseModel):
     score_threshold: float | None = None
     with_text: bool = True
     with_vectors: bool = False
+    mode: Literal["dense", "sparse", "hybrid"] | None = Field(
+        None,
+        description="dense (embedding similarity), sparse (BM25) or hybrid (both, fused by "
+        "reciprocal rank); default: the collection's search_mode, dense for a 'vector'.",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
@@ -72,4 +81,6 @@ class SearchRequest(BaseModel):
             raise ValueError("send exactly one of 'query' (text) or 'vector'")
         if self.query is not None and not self.query.strip():
             raise ValueError("'query' is empty")
+        if self.vector is not None and self.mode not in (None, "dense"):
+            raise ValueError(f"mode '{self.mode}' needs a text 'query'; a 'vector' is dense only")
         return self

@@ -99,11 +99,24 @@ def _refused(operation: str, exc: UnexpectedResponse) -> APIError:
     )
 
 
+DENSE = "dense"  # the named vectors of a collection made for hybrid search
+SPARSE = "bm25"
+MODES = ("dense", "sparse", "hybrid")
+_MODE_KEY = "llmops_search_mode"  # in the collection's Qdrant metadata
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     name: str
     points_count: int
     vector_size: int
+    dense: str  # the dense vector's name; "" in a collection made before hybrid search
+    sparse: bool  # holds BM25 vectors
+    search_mode: str  # what a search without "mode" does
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return MODES if self.sparse else ("dense",)
 
 
 class QdrantStore:
@@ -130,7 +143,7 @@ class QdrantStore:
             ["operation"],
             initial=hot,
         )
-        self._sizes: dict[str, tuple[int, float]] = {}
+        self._layouts: dict[str, tuple[CollectionInfo, float]] = {}
         self.m_retries = metrics.counter(
             "retrieval_qdrant_retries_total",
             "Qdrant calls retried, by operation.",
@@ -141,22 +154,22 @@ class QdrantStore:
     async def close(self) -> None:
         await self.client.close()
 
-    async def vector_size(self, name: str) -> int | None:
-        """The collection's vector size, cached for a few seconds: searches must not pay two
-        extra Qdrant round trips to validate the collection."""
+    async def layout(self, name: str) -> CollectionInfo | None:
+        """The collection's vectors and search mode, cached for a few seconds: searches and
+        ingests must not pay two extra Qdrant round trips to look them up."""
         now = time.monotonic()
-        hit = self._sizes.get(name)
+        hit = self._layouts.get(name)
         if hit and hit[1] > now:
             return hit[0]
         info = await self.info(name)
         if info is None:
-            self._sizes.pop(name, None)
+            self._layouts.pop(name, None)
             return None
-        self._sizes[name] = (info.vector_size, now + _SIZE_TTL_S)
-        return info.vector_size
+        self._layouts[name] = (info, now + _SIZE_TTL_S)
+        return info
 
     def forget(self, name: str) -> None:
-        self._sizes.pop(name, None)
+        self._layouts.pop(name, None)
 
     async def call(self, operation: str, fn: Callable[[], Awaitable[T]]) -> T:
         def on_retry(state: RetryCallState) -> None:
@@ -194,16 +207,24 @@ class QdrantStore:
     async def exists(self, name: str) -> bool:
         return await self.call("collection_exists", lambda: self.client.collection_exists(name))
 
-    async def create(self, name: str, size: int, fields: dict[str, str]) -> None:
+    async def create(self, name: str, size: int, fields: dict[str, str], search_mode: str) -> None:
+        """A dense vector and a BM25 sparse vector (Qdrant computes IDF over the collection),
+        named; the default search mode goes in the collection's metadata."""
         s = self.settings
         await self.call(
             "create_collection",
             lambda: self.client.create_collection(
                 name,
-                vectors_config=models.VectorParams(size=size, distance=models.Distance.COSINE),
+                vectors_config={
+                    DENSE: models.VectorParams(size=size, distance=models.Distance.COSINE)
+                },
+                sparse_vectors_config={
+                    SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
                 shard_number=s.shard_number,
                 replication_factor=s.replication_factor,
                 write_consistency_factor=s.write_consistency_factor,
+                metadata={_MODE_KEY: search_mode},
             ),
         )
         with warnings.catch_warnings():  # local mode says indexes have no effect there
@@ -221,9 +242,20 @@ class QdrantStore:
         if not await self.exists(name):
             return None
         got = await self.call("get_collection", lambda: self.client.get_collection(name))
-        vectors = got.config.params.vectors
-        size = vectors.size if isinstance(vectors, models.VectorParams) else 0
-        return CollectionInfo(name, int(got.points_count or 0), int(size))
+        params = got.config.params
+        vectors = params.vectors
+        if isinstance(vectors, models.VectorParams):  # made before hybrid search: one, unnamed
+            dense, size = "", vectors.size
+        elif isinstance(vectors, dict) and DENSE in vectors:
+            dense, size = DENSE, vectors[DENSE].size
+        else:
+            dense, size = "", 0
+        sparse = SPARSE in (params.sparse_vectors or {})
+        meta = getattr(got.config, "metadata", None) or {}
+        mode = meta.get(_MODE_KEY) if isinstance(meta, dict) else None
+        if mode not in MODES or (mode != "dense" and not sparse):
+            mode = "hybrid" if sparse else "dense"
+        return CollectionInfo(name, int(got.points_count or 0), int(size), dense, sparse, mode)
 
     async def all(self) -> list[CollectionInfo]:
         got = await self.call("get_collections", self.client.get_collections)
@@ -309,24 +341,44 @@ class QdrantStore:
 
     async def search(
         self,
-        name: str,
-        vector: list[float],
+        info: CollectionInfo,
+        mode: str,
+        dense: list[float] | None,
+        sparse: models.SparseVector | None,
         flt: models.Filter | None,
         limit: int,
         threshold: float | None,
         with_vectors: bool,
     ) -> list[models.ScoredPoint]:
+        """One Query API call: the dense or the sparse vector alone, or both as prefetches
+        fused by reciprocal rank (hybrid). A hybrid search whose query has no lexical terms
+        (all stop words) is a dense one."""
+        using = info.dense or None
+        vectors: Any = [info.dense] if with_vectors and info.dense else with_vectors
+        common: dict[str, Any] = {
+            "query_filter": flt,
+            "limit": limit,
+            "score_threshold": threshold,
+            "with_payload": True,
+            "with_vectors": vectors,
+            "consistency": self.read_consistency,
+        }
+        if mode == "hybrid" and sparse is not None and sparse.indices and dense is not None:
+            deep = max(limit, self.settings.hybrid_candidates)
+            query: Any = models.RrfQuery(rrf=models.Rrf(k=self.settings.rrf_k))
+            common["prefetch"] = [
+                models.Prefetch(query=dense, using=using, filter=flt, limit=deep),
+                models.Prefetch(query=sparse, using=SPARSE, filter=flt, limit=deep),
+            ]
+        elif mode == "sparse":
+            if sparse is None or not sparse.indices:
+                return []
+            query, using = sparse, SPARSE
+        else:
+            query = dense
+        if "prefetch" not in common:
+            common["using"] = using
         got = await self.call(
-            "query",
-            lambda: self.client.query_points(
-                name,
-                query=vector,
-                query_filter=flt,
-                limit=limit,
-                score_threshold=threshold,
-                with_payload=True,
-                with_vectors=with_vectors,
-                consistency=self.read_consistency,
-            ),
+            "query", lambda: self.client.query_points(info.name, query=query, **common)
         )
         return list(got.points)

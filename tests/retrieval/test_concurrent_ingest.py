@@ -56,7 +56,7 @@ async def scenario(order: str, settings: RetrievalSettings) -> tuple[list[dict[s
     store = QdrantStore(settings, Metrics())
     embedder = EmbeddingsClient(settings)
     try:
-        await store.create("c", 384, {})
+        await store.create("c", 384, {}, "hybrid")
         a_up, b_up, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
         async def set_(e: asyncio.Event) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
-from tests.conftest import API_KEY, ServiceProcess
+from tests.conftest import API_KEY, ServiceProcess, assert_error
 from tests.retrieval.conftest import ingest, make_collection, make_pdf
 
 MARKDOWN = """# Operations guide
@@ -169,14 +169,16 @@ def test_search_equals_brute_force_top_k(api: httpx.Client, embeddings: ServiceP
         qv = np.array(client.embeddings.create(model="all-MiniLM-L6-v2", input=q).data[0].embedding)
         scores = matrix @ (qv / np.linalg.norm(qv))
         expected = [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
-        got = search(api, "exact", query=q, top_k=10, with_text=False)
+        got = search(api, "exact", query=q, top_k=10, with_text=False, mode="dense")
         assert_same_ranking(got, expected, ids, scores)
         np.testing.assert_allclose([g["score"] for g in got], np.sort(scores)[::-1][:10], atol=1e-4)
         # The same with a filter: brute force over the matching subset.
         mask = groups == 2
         sub = np.where(mask, scores, -np.inf)
         expected = [ids[i] for i in np.argsort(-sub, kind="stable")[:10]]
-        got = search(api, "exact", query=q, top_k=10, filter={"group": 2}, with_text=False)
+        got = search(
+            api, "exact", query=q, top_k=10, filter={"group": 2}, with_text=False, mode="dense"
+        )
         assert_same_ranking(got, expected, ids, sub)
 
 
@@ -234,9 +236,13 @@ def test_bad_filter_is_400(api: httpx.Client, filtered: str, flt: dict[str, obje
 
 
 def test_score_threshold(api: httpx.Client, filtered: str) -> None:
-    hits = search(api, filtered, query="gateway release notes", top_k=10, score_threshold=0.3)
+    q = "gateway release notes"
+    hits = search(api, filtered, query=q, top_k=10, score_threshold=0.3, mode="dense")
     assert hits and all(float(h["score"]) >= 0.3 for h in hits)  # type: ignore[arg-type]
-    assert search(api, filtered, query="gateway release notes", score_threshold=0.999) == []
+    assert search(api, filtered, query=q, score_threshold=0.999, mode="dense") == []
+    # A fused score has no fixed scale: a threshold on a hybrid search is refused, clearly.
+    r = api.post(f"/v1/collections/{filtered}/search", json={"query": q, "score_threshold": 0.3})
+    assert '"mode": "dense"' in assert_error(r, 400, "invalid_value")["message"]
 
 
 def test_metrics_count_documents_chunks_and_searches(api: httpx.Client, filtered: str) -> None:
