@@ -305,6 +305,27 @@ def search_cmd(
     raise typer.Exit(search(query, collection, top_k, filter or [], url))
 
 
+@app.command("ask")
+def ask_cmd(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="Default: rag's own default.")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1)] = None,
+    stream: Annotated[bool, typer.Option(help="Print the answer as it is written.")] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print rag's whole answer object instead.")
+    ] = False,
+    url: Annotated[
+        str | None, typer.Option(help="rag URL; default $LLMOPS_RAG_URL or :8006.")
+    ] = None,
+) -> None:
+    """Answer a question from a collection through the rag service, then cite its sources."""
+    from services.cli.ask import ask
+
+    raise typer.Exit(ask(question, collection, top_k, stream=stream, as_json=as_json, url=url))
+
+
 @app.command("demo")
 def demo_cmd() -> None:
     """Start the platform on embedded defaults, exercise it with the OpenAI SDK, stop it."""

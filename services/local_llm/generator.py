@@ -380,11 +380,85 @@ class SamplingParams:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Repetition controls (see RepetitionControl); the defaults are off.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
     @property
     def greedy(self) -> bool:
         # As vLLM does: a near-zero temperature overflows the logits; it means greedy anyway.
         return self.temperature is None or self.temperature < 1e-5
+
+    @property
+    def controls_repetition(self) -> bool:
+        return bool(
+            self.frequency_penalty
+            or self.presence_penalty
+            or self.repetition_penalty != 1.0
+            or self.no_repeat_ngram_size
+        )
+
+
+class RepetitionControl:
+    """A logits processor that keeps a small model out of loops, looking at the completion only.
+
+    transformers' own ``repetition_penalty`` and ``no_repeat_ngram_size`` count the prompt's
+    tokens too: in a RAG prompt that forbids or penalizes copying the context, which is what
+    the answer should do. Here only generated tokens count:
+
+    * ``frequency_penalty``/``presence_penalty``: OpenAI's definition, subtracted from the logit
+      of each token already generated (``count * frequency + (count > 0) * presence``);
+    * ``repetition_penalty``: the CTRL penalty (a logit divided by it when positive, multiplied
+      when negative) on every token already generated;
+    * ``no_repeat_ngram_size`` n: a token that would repeat an n-gram of the completion is
+      forbidden, so the completion holds no n tokens twice in the same order.
+
+    Pure functions of the tokens so far: greedy decoding stays deterministic, and a seeded
+    sample repeats. Applied before temperature and top-p, as transformers orders them.
+    """
+
+    def __init__(self, torch: Any, prompt_len: int, params: SamplingParams) -> None:
+        self.torch = torch
+        self.prompt_len = prompt_len
+        self.frequency = params.frequency_penalty
+        self.presence = params.presence_penalty
+        self.repetition = params.repetition_penalty
+        self.n = params.no_repeat_ngram_size
+        self._ngrams: dict[tuple[int, ...], set[int]] = {}  # (n-1) tokens -> what followed
+        self._indexed = 0  # the n-grams ending within the first this many tokens are in it
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        torch = self.torch
+        generated = input_ids[0, self.prompt_len :]
+        if generated.numel() == 0:
+            return scores
+        scores = scores.clone()
+        row = scores[0]
+        if self.repetition != 1.0:
+            ids = torch.unique(generated)
+            picked = row[ids]
+            row[ids] = torch.where(picked > 0, picked / self.repetition, picked * self.repetition)
+        if self.frequency or self.presence:
+            counts = torch.bincount(generated, minlength=row.shape[-1])[: row.shape[-1]]
+            counts = counts.to(row.dtype)
+            row -= self.frequency * counts + self.presence * (counts > 0).to(row.dtype)
+        if self.n:
+            banned = self._banned(generated.tolist())
+            if banned:
+                row[list(banned)] = -math.inf
+        return scores
+
+    def _banned(self, tokens: list[int]) -> set[int]:
+        """Tokens that would end an n-gram the completion already holds."""
+        n = self.n
+        for end in range(max(self._indexed + 1, n), len(tokens) + 1):
+            self._ngrams.setdefault(tuple(tokens[end - n : end - 1]), set()).add(tokens[end - 1])
+        self._indexed = len(tokens)
+        if len(tokens) < n - 1:
+            return set()
+        return self._ngrams.get(tuple(tokens[len(tokens) - n + 1 :]), set())
 
 
 @dataclass(frozen=True)
@@ -502,7 +576,7 @@ class Generator:
         on_first: Callable[[], None] = lambda: None,
     ) -> Completion:
         """Run one generation to the end, a stop string, max tokens or ``cancel``; blocking."""
-        from transformers import GenerationConfig, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         torch = self._torch
         options: dict[str, Any] = {
@@ -517,6 +591,9 @@ class Generator:
         config = GenerationConfig(**options)  # type: ignore[no-untyped-call]
         scanner = StopScanner(params.stop)
         hook = _StepHook(torch, self.decode, len(prompt_ids), scanner, cancel, emit, on_first)
+        processors = LogitsProcessorList()
+        if params.controls_repetition:
+            processors.append(RepetitionControl(torch, len(prompt_ids), params))
         input_ids = torch.tensor([prompt_ids], dtype=torch.long)
         with self._lock, torch.inference_mode():
             if params.seed is not None:
@@ -527,6 +604,7 @@ class Generator:
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 generation_config=config,
+                logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([hook]),
             )
         ids = hook.ids

@@ -167,6 +167,14 @@ def _check_request(body: ChatCompletionRequest, settings: LocalLLMSettings) -> N
             param=param,
             code="invalid_value",
         )
+    if body.no_repeat_ngram_size == 1:
+        raise APIError(
+            400,
+            "'no_repeat_ngram_size' is 1, which would forbid any token from appearing twice; "
+            "send 0 (off) or at least 2.",
+            param="no_repeat_ngram_size",
+            code="invalid_value",
+        )
     if len(body.stop_list) > MAX_STOP_STRINGS:
         raise APIError(
             400,
@@ -174,6 +182,15 @@ def _check_request(body: ChatCompletionRequest, settings: LocalLLMSettings) -> N
             param="stop",
             code="invalid_value",
         )
+
+
+def _repetition(body: ChatCompletionRequest, settings: LocalLLMSettings) -> dict[str, Any]:
+    """The request's repetition controls, the server's settings where it sets none."""
+    names = ("frequency_penalty", "presence_penalty", "repetition_penalty", "no_repeat_ngram_size")
+    return {
+        name: getattr(settings, name) if getattr(body, name) is None else getattr(body, name)
+        for name in names
+    }
 
 
 def _budget(body: ChatCompletionRequest, settings: LocalLLMSettings, prompt: int, ctx: int) -> int:
@@ -221,6 +238,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         top_p=body.top_p,
         seed=None if body.seed is None else body.seed % 2**64,  # torch takes 64-bit seeds
         stop=tuple(body.stop_list),
+        **_repetition(body, settings),
     )
     try:
         job = scheduler.submit(prompt_ids, params, stream=bool(body.stream))

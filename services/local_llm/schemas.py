@@ -1,9 +1,18 @@
 """OpenAI's chat-completions request schema; responses are built as dicts and dumped with orjson
 (the response models below only document them in the OpenAPI schema).
 
-Unknown fields are accepted and ignored (``tools``, ``presence_penalty``, ``logprobs``, ...):
-SDKs and frameworks send many of them by default, and refusing them would break those clients
-for parameters this small model cannot honour anyway.
+Unknown fields are accepted and ignored (``tools``, ``logit_bias``, ``logprobs``, ...): SDKs and
+frameworks send many of them by default, and refusing them would break those clients for
+parameters this small model cannot honour anyway.
+
+Repetition, per request (each unset field takes the server's ``LOCAL_LLM_<NAME>`` setting):
+
+* ``frequency_penalty`` and ``presence_penalty`` mean what OpenAI defines: a token's logit is
+  lowered by ``frequency_penalty * count + presence_penalty * (count > 0)``, ``count`` being how
+  often the completion holds it so far (the prompt does not count, as with OpenAI).
+* ``repetition_penalty`` (as in vLLM and TGI) and ``no_repeat_ngram_size`` (transformers' name)
+  are extensions; unlike those servers, both look at the completion only: a RAG answer must be
+  free to copy its context.
 """
 
 from __future__ import annotations
@@ -43,6 +52,14 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(None, ge=1)
     seed: int | None = None
     stop: str | list[str] | None = Field(None, description="Up to 16 strings.")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(
+        None, ge=1, le=2, description="Extension: CTRL's penalty on generated tokens; 1: none."
+    )
+    no_repeat_ngram_size: int | None = Field(
+        None, ge=0, description="Extension: no n tokens twice in order in the completion; 0: off."
+    )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -34,6 +34,23 @@ class RagSettings(ServiceSettings):
     model: str = Field("smollm2", description="The LLM alias asked through the proxy.")
     max_tokens: int = Field(256, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
+    stop: list[str] = Field(
+        ["\nQuestion:", "\nContext", "\nRules:", "\n\n\n"],
+        max_length=4,
+        description="Stop sequences sent with every completion (OpenAI takes at most 4): where "
+        "a small model, its answer done, starts the prompt's next block. A JSON list; [] sends "
+        "none.",
+    )
+    frequency_penalty: float | None = Field(
+        None,
+        ge=-2,
+        le=2,
+        description="OpenAI's frequency_penalty, sent when set (the local model's own default "
+        "applies otherwise: LOCAL_LLM_FREQUENCY_PENALTY).",
+    )
+    presence_penalty: float | None = Field(
+        None, ge=-2, le=2, description="OpenAI's presence_penalty, sent when set."
+    )
     default_collection: str = "docs"
     top_k: int = Field(4, ge=1, description="Chunks retrieved when a request names no top_k.")
     max_top_k: int = Field(20, ge=1)

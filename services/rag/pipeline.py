@@ -25,7 +25,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from services.common.errors import APIError, peer_error
 from services.common.http import context_headers
 from services.common.tracing import trace_id_for
-from services.rag.citations import cite, number_contexts
+from services.rag.citations import ShownStream, cite, number_contexts, shown_answer
 from services.rag.outbox import OutboxUnavailable
 from services.rag.registry import PromptNotFound, PromptUnavailable, ResolvedPrompt
 from services.rag.state import RagState
@@ -193,6 +193,13 @@ def _chat_body(state: RagState, p: Prepared, stream: bool) -> dict[str, Any]:
         "temperature": state.settings.temperature,
         "user": p.ask.user_id or p.ask.session_id or "rag",
     }
+    settings = state.settings
+    if settings.stop:
+        body["stop"] = settings.stop
+    if settings.frequency_penalty is not None:
+        body["frequency_penalty"] = settings.frequency_penalty
+    if settings.presence_penalty is not None:
+        body["presence_penalty"] = settings.presence_penalty
     if stream:
         body.update(stream=True, stream_options={"include_usage": True})
     return body
@@ -275,12 +282,14 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
     ``[DONE]``; a failure after the first byte is an ``error`` event, never a silent cut.
 
     The 200 goes out before the answer exists, so a stream is acknowledged by its final
-    ``rag.ask`` event: it is sent only once the interaction is durable in the outbox."""
+    ``rag.ask`` event: it is sent only once the interaction is durable in the outbox. The deltas
+    are the shown answer's (:class:`ShownStream`): joined, they are the final ``answer``."""
     # The body runs in the response's own task, whose context is thrown away after it: no
     # detach needed (detaching across the yields would only log a spurious error).
     otel_context.attach(p.context)
     t = time.perf_counter()
     parts: list[str] = []
+    shown = ShownStream(len(p.used))
     usage: dict[str, Any] | None = None
     model: str | None = None
     try:
@@ -317,13 +326,8 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
                     delta = (choice.get("delta") or {}).get("content")
                     if delta:
                         parts.append(delta)
-                        yield _sse(
-                            {
-                                "object": "rag.ask.chunk",
-                                "interaction_id": p.interaction_id,
-                                "delta": delta,
-                            }
-                        )
+                        if piece := shown.feed(delta):
+                            yield _chunk_event(p, piece)
     except APIError as exc:
         state.metrics.asks.labels(exc.code or "error", "true").inc()
         yield _sse({"error": {"message": exc.message, "type": exc.type, "code": exc.code}})
@@ -343,6 +347,8 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
         yield b"data: [DONE]\n\n"
         return
     p.timings["llm"] = time.perf_counter() - t
+    if piece := shown.close():
+        yield _chunk_event(p, piece)
     try:
         result = await finish(state, p, "".join(parts).strip(), usage, deployment, model)
     except APIError as exc:
@@ -359,6 +365,10 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
+def _chunk_event(p: Prepared, delta: str) -> bytes:
+    return _sse({"object": "rag.ask.chunk", "interaction_id": p.interaction_id, "delta": delta})
+
+
 async def finish(
     state: RagState,
     p: Prepared,
@@ -368,8 +378,11 @@ async def finish(
     model: str | None,
 ) -> dict[str, Any]:
     """The response and the metrics, once the interaction for the feedback service is durable in
-    the outbox (an ask answered 2xx is never lost to a crash)."""
+    the outbox (an ask answered 2xx is never lost to a crash). ``text`` is the model's answer;
+    the response and the interaction carry it as shown (:func:`shown_answer`), and the
+    interaction keeps the model's own text too when they differ."""
     citations, invalid = cite(text, p.used)
+    shown = shown_answer(text, len(p.used))
     total = time.perf_counter() - p.started
     m = state.metrics
     for stage, seconds in p.timings.items():
@@ -383,7 +396,7 @@ async def finish(
         "object": "rag.ask",
         "interaction_id": p.interaction_id,
         "trace_id": p.trace_id,
-        "answer": text,
+        "answer": shown,
         "citations": citations,
         "invalid_citations": invalid,
         "contexts": [
@@ -416,7 +429,7 @@ async def finish(
         "messages": p.messages,
         "question": p.ask.question,
         "context_ids": [str(c.get("id")) for c in p.used],
-        "answer": text,
+        "answer": shown,
         "latency_ms": result["latency_ms"],
         "usage": {
             k: v for k, v in (usage or {}).items() if k in ("prompt_tokens", "completion_tokens")
@@ -429,6 +442,7 @@ async def finish(
             "degraded": p.degraded,
             "citations": [c["marker"] for c in citations],
             "served_model": model,
+            **({"model_answer": text} if text != shown else {}),
         },
     }
     try:

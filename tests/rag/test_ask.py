@@ -25,6 +25,7 @@ from tests.feedback.conftest import TcpProxy
 from tests.rag.platform import Platform, set_reply
 
 REPLY = "Damaged items can be returned within 30 days [1]. Digital goods are not [1][7]."
+SHOWN = "Damaged items can be returned within 30 days [1]. Digital goods are not [1]."  # no [7]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_answer_cites_only_retrieved_chunks_and_is_recorded(
     r = ask(rag, session_id="s-1", user_id="u-1")
     assert r.status_code == 200, r.text
     data = r.json()
-    assert data["answer"] == REPLY
+    assert data["answer"] == SHOWN
     assert data["degraded"] == [] and data["prompt"]["source"] == "bundled"
     assert r.headers["x-llmops-interaction-id"] == data["interaction_id"]
     # [1] cited (once, though it appears twice); [7] names no retrieved chunk.
@@ -91,8 +92,12 @@ def test_answer_cites_only_retrieved_chunks_and_is_recorded(
     sent = platform.fake.requests()[-1]["body"]["messages"][0]["content"]
     assert "[1] " in sent and "within 30 days" in sent and "[2] " in sent
     assert "Can I return a damaged item?" in sent
+    # Where the bundled prompt's next block begins, the model stops (OpenAI's limit: 4).
+    stop = platform.fake.requests()[-1]["body"]["stop"]
+    assert "\nQuestion:" in stop and len(stop) <= 4
     stored = recorded(platform.feedback_url, data["interaction_id"])
-    assert stored["answer"] == REPLY and stored["prompt_version"] == "bundled"
+    assert stored["answer"] == SHOWN and stored["prompt_version"] == "bundled"
+    assert stored["metadata"]["model_answer"] == REPLY  # what the model wrote, [7] included
     assert stored["trace_id"] == data["trace_id"] and stored["session_id"] == "s-1"
     assert stored["context_ids"] == [c["chunk_id"] for c in data["contexts"]]
     assert stored["metadata"]["citations"] == ["[1]"]
@@ -118,8 +123,39 @@ def test_streaming_is_sse_that_the_sdk_parser_reads(rag: ServiceProcess) -> None
             deltas.append(obj["delta"])
         else:
             final = obj
-    assert len(deltas) > 3 and "".join(deltas).strip() == final["answer"] == REPLY
+    assert len(deltas) > 3 and "".join(deltas).strip() == final["answer"] == SHOWN
     assert [c["marker"] for c in final["citations"]] == ["[1]"]
+    assert final["invalid_citations"] == [7]
+
+
+def test_markers_that_name_nothing_and_marker_runs_are_not_shown(
+    rag: ServiceProcess, platform: Platform
+) -> None:
+    """What a small model writes over real documents (issue 16): a run of markers past the
+    passages it was given. Shown: the valid ones, once; the rest only in invalid_citations,
+    in the whole answer and in the stream alike; the interaction keeps the model's text."""
+    raw = "Use add_subparsers() [2] [2] [1] [9] [10] [11] [12] [13] [14] [15] [16].\n\n[17]"
+    set_reply(platform.fake, raw)
+    whole = ask(rag, question="How do I return a damaged item?")
+    assert whole.status_code == 200, whole.text
+    data = whole.json()
+    assert len(data["contexts"]) >= 2
+    assert data["answer"] == "Use add_subparsers() [2][1]."
+    assert [c["marker"] for c in data["citations"]] == ["[2]", "[1]"]
+    assert data["invalid_citations"] == [9, 10, 11, 12, 13, 14, 15, 16, 17]
+    stored = recorded(platform.feedback_url, data["interaction_id"])
+    assert stored["answer"] == data["answer"] and stored["metadata"]["model_answer"] == raw
+    with httpx.stream(
+        "POST",
+        f"{rag.url}/v1/ask",
+        headers=auth_headers(),
+        timeout=60,
+        json={"question": "How do I return a damaged item?", "stream": True},
+    ) as r:
+        events = [e.json() for e in SSEDecoder().iter_bytes(r.iter_bytes()) if e.data != "[DONE]"]
+    deltas = [e["delta"] for e in events if e["object"] == "rag.ask.chunk"]
+    assert "".join(deltas) == events[-1]["answer"] == data["answer"]
+    assert not any("[9]" in d or "[17]" in d for d in deltas)
 
 
 def test_one_trace_from_the_caller_through_the_proxy_to_feedback(
