@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import orjson
@@ -36,13 +37,16 @@ if TYPE_CHECKING:
 out = Console()
 err = Console(stderr=True)
 DEFAULT_MARGIN = 0.05
+Q = TypeVar("Q")
 
 
 def margin_from_env() -> float:
     return float(os.environ.get("LLMOPS_GATE_MARGIN", DEFAULT_MARGIN))
 
 
-def load_dataset(path: Path) -> list[Question]:
+def read_questions(path: Path, parse: Callable[[dict[str, Any], int], Q]) -> list[Q]:
+    """A JSONL dataset, one question per line parsed by ``parse(obj, line)``; every mistake is
+    one CLIError naming the file and line (exit code 2)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -56,12 +60,16 @@ def load_dataset(path: Path) -> list[Question]:
         except orjson.JSONDecodeError as exc:
             raise CLIError(f"{path}:{n}: not JSON ({exc})", 2) from None
         try:
-            questions.append(Question.parse(obj, n))
+            questions.append(parse(obj, n))
         except ValueError as exc:
             raise CLIError(f"{path}: {exc}", 2) from None
     if not questions:
         raise CLIError(f"{path} holds no questions", 2)
     return questions
+
+
+def load_dataset(path: Path) -> list[Question]:
+    return read_questions(path, Question.parse)
 
 
 def _ask(

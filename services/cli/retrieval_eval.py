@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.cli.client import error_message, retrieval_client
+from services.cli.evaluate import read_questions
 from services.cli.prompts import CLIError
 from services.common.stats import Estimate
 from services.retrieval.evaluation import (
@@ -48,22 +48,7 @@ class Config:
 
 
 def load_questions(path: Path) -> list[Question]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise CLIError(f"cannot read the dataset {path}: {exc.strerror}", 2) from None
-    questions = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            questions.append(Question.parse(orjson.loads(line), n))
-        except orjson.JSONDecodeError as exc:
-            raise CLIError(f"{path}:{n}: not JSON ({exc})", 2) from None
-        except ValueError as exc:
-            raise CLIError(f"{path}: {exc}", 2) from None
-    if not questions:
-        raise CLIError(f"{path} holds no questions", 2)
+    questions = read_questions(path, Question.parse)
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
         raise CLIError(f"{path}: question ids repeat", 2)

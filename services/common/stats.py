@@ -12,6 +12,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,24 @@ def clustered_mean(values: Sequence[float], clusters: Sequence[str]) -> Estimate
     se = math.sqrt(var)
     half = t_quantile(df) * se
     return Estimate(mean, se, mean - half, mean + half, n, g)
+
+
+def summarize_rows(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Estimate]:
+    """Each metric's clustered mean over per-question rows (``source`` is the cluster)."""
+    clusters = [r["source"] for r in rows]
+    return {m: clustered_mean([float(r[m]) for r in rows], clusters) for m in metrics}
+
+
+def paired_rows(
+    candidate: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], metrics: Sequence[str]
+) -> dict[str, Estimate]:
+    """Candidate minus baseline, question by question (same questions, same order)."""
+    if [r["id"] for r in candidate] != [r["id"] for r in baseline]:
+        raise ValueError("paired comparison needs the same questions in the same order")
+    clusters = [r["source"] for r in candidate]
+    return {
+        m: clustered_mean(
+            [float(c[m]) - float(b[m]) for c, b in zip(candidate, baseline, strict=True)], clusters
+        )
+        for m in metrics
+    }

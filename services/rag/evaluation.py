@@ -18,6 +18,7 @@ from typing import Any
 
 from services.common.stats import Estimate as Estimate
 from services.common.stats import clustered_mean as clustered_mean
+from services.common.stats import paired_rows, summarize_rows
 
 METRICS = ("hit", "citation_validity", "fact_recall", "score")
 EXPERIMENT = "llmops-eval"
@@ -67,23 +68,14 @@ def score(q: Question, answer: dict[str, Any]) -> dict[str, float]:
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Estimate]:
-    clusters = [r["source"] for r in rows]
-    return {m: clustered_mean([float(r[m]) for r in rows], clusters) for m in METRICS}
+    return summarize_rows(rows, METRICS)
 
 
 def paired(
     candidate: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]
 ) -> dict[str, Estimate]:
     """Candidate minus baseline, question by question (same questions, same order)."""
-    if [r["id"] for r in candidate] != [r["id"] for r in baseline]:
-        raise ValueError("paired comparison needs the same questions in the same order")
-    clusters = [r["source"] for r in candidate]
-    return {
-        m: clustered_mean(
-            [float(c[m]) - float(b[m]) for c, b in zip(candidate, baseline, strict=True)], clusters
-        )
-        for m in METRICS
-    }
+    return paired_rows(candidate, baseline, METRICS)
 
 
 def gate_passes(diff: Estimate, margin: float) -> bool:

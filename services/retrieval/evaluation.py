@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.stats import Estimate, clustered_mean
+from services.common.stats import Estimate, paired_rows, summarize_rows
 
 METRICS = ("hit@1", "hit@5", "hit@10", "mrr", "ndcg@10", "recall@10")
 DEPTH = 10  # results judged per question
@@ -98,8 +98,7 @@ def score(q: Question, results: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Estimate]:
-    clusters = [r["source"] for r in rows]
-    return {m: clustered_mean([float(r[m]) for r in rows], clusters) for m in METRICS}
+    return summarize_rows(rows, METRICS)
 
 
 def by_type(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Estimate]]:
@@ -112,12 +111,4 @@ def paired(
     candidate: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]
 ) -> dict[str, Estimate]:
     """Candidate minus baseline, question by question (same questions, same order)."""
-    if [r["id"] for r in candidate] != [r["id"] for r in baseline]:
-        raise ValueError("paired comparison needs the same questions in the same order")
-    clusters = [r["source"] for r in candidate]
-    return {
-        m: clustered_mean(
-            [float(c[m]) - float(b[m]) for c, b in zip(candidate, baseline, strict=True)], clusters
-        )
-        for m in METRICS
-    }
+    return paired_rows(candidate, baseline, METRICS)
