@@ -30,6 +30,7 @@ from services.rag.evaluation import (
     score,
     summarize,
 )
+from services.rag.quality import degenerate
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -121,6 +122,7 @@ def _run_all(
                         "version": v,
                         "interaction_id": answer["interaction_id"],
                         **score(q, answer),
+                        "degenerate_reason": degenerate(answer["answer"]) or "",
                     }
                 )
                 progress.advance(task)
@@ -129,15 +131,19 @@ def _run_all(
 
 def _table(title: str, estimates: dict[str, Estimate]) -> Table:
     t = Table(title=title)
-    for col in ("metric", "mean", "95% CI", "SE (clustered)"):
+    for col in ("metric", "mean", "95% CI", "SE (clustered)", "n"):
         t.add_column(col)
     for m in METRICS:
         e = estimates[m]
+        if not e.n:  # defined for no question (no answer had a marker to check)
+            t.add_row(m, "-", "-", "-", "0")
+            continue
         t.add_row(
             m,
             f"{e.mean:+.3f}" if "diff" in title else f"{e.mean:.3f}",
             f"{e.ci_low:+.3f} .. {e.ci_high:+.3f}",
             f"{e.se:.3f}",
+            str(e.n),
         )
     return t
 
@@ -217,13 +223,19 @@ def run_eval(
         )
         metrics = {}
         for m, e in summary.items():
+            if not e.n:  # a metric no question defines is not logged as NaN
+                continue
             metrics.update(
                 {m: e.mean, f"{m}_ci_low": e.ci_low, f"{m}_ci_high": e.ci_high, f"{m}_se": e.se}
             )
+            if e.n < len(questions):  # citation validity: over the answers with a marker
+                metrics[f"{m}_n"] = e.n
         mlflow.log_metrics(metrics, model_id=model.model_id)
         if diff is not None:
             dm = {}
             for m, e in diff.items():
+                if not e.n:
+                    continue
                 dm.update(
                     {
                         f"{m}_diff": e.mean,

@@ -58,10 +58,21 @@ def clustered_mean(values: Sequence[float], clusters: Sequence[str]) -> Estimate
     return Estimate(mean, se, mean - half, mean + half, n, g)
 
 
+NONE = Estimate(math.nan, math.nan, math.nan, math.nan, 0, 0)
+
+
+def _mean_of_defined(pairs: list[tuple[float | None, str]]) -> Estimate:
+    """The clustered mean of the values that are defined; a metric that means nothing for a
+    question (None: no marker to check, say) is left out, and ``n`` says how many counted."""
+    kept = [(v, c) for v, c in pairs if v is not None]
+    if not kept:
+        return NONE
+    return clustered_mean([float(v) for v, _ in kept], [c for _, c in kept])
+
+
 def summarize_rows(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Estimate]:
     """Each metric's clustered mean over per-question rows (``source`` is the cluster)."""
-    clusters = [r["source"] for r in rows]
-    return {m: clustered_mean([float(r[m]) for r in rows], clusters) for m in metrics}
+    return {m: _mean_of_defined([(r[m], r["source"]) for r in rows]) for m in metrics}
 
 
 def paired_rows(
@@ -70,10 +81,13 @@ def paired_rows(
     """Candidate minus baseline, question by question (same questions, same order)."""
     if [r["id"] for r in candidate] != [r["id"] for r in baseline]:
         raise ValueError("paired comparison needs the same questions in the same order")
-    clusters = [r["source"] for r in candidate]
+    pairs = list(zip(candidate, baseline, strict=True))
     return {
-        m: clustered_mean(
-            [float(c[m]) - float(b[m]) for c, b in zip(candidate, baseline, strict=True)], clusters
+        m: _mean_of_defined(
+            [
+                (None if c[m] is None or b[m] is None else float(c[m]) - float(b[m]), c["source"])
+                for c, b in pairs
+            ]
         )
         for m in metrics
     }

@@ -54,6 +54,14 @@ class RetrievalSettings(ServiceSettings):
     rrf_k: int = Field(
         60, ge=1, description="Reciprocal rank fusion's constant: 1/(k + rank) per list."
     )
+    rrf_dense_weight: float = Field(
+        1.0,
+        gt=0,
+        description="The dense list's weight in the fusion, the lexical list's being 1: as "
+        "Qdrant weighs RRF, a point at rank r of a list adds 1/(r/weight + k - 1), so a weight "
+        "of 2 makes rank 2 count as rank 1. At 1 no weights are sent (any Qdrant 1.16+); other "
+        "values need a Qdrant whose Query API takes `rrf.weights`.",
+    )
 
     # Limits.
     max_documents_per_request: int = Field(256, ge=1)

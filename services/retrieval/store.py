@@ -365,7 +365,10 @@ class QdrantStore:
         }
         if mode == "hybrid" and sparse is not None and sparse.indices and dense is not None:
             deep = max(limit, self.settings.hybrid_candidates)
-            query: Any = models.RrfQuery(rrf=models.Rrf(k=self.settings.rrf_k))
+            w = self.settings.rrf_dense_weight
+            # Weights in the order of the prefetches below; none at 1 (older servers).
+            weighted = {} if w == 1.0 else {"weights": [w, 1.0]}
+            query: Any = models.RrfQuery(rrf=models.Rrf(k=self.settings.rrf_k, **weighted))
             common["prefetch"] = [
                 models.Prefetch(query=dense, using=using, filter=flt, limit=deep),
                 models.Prefetch(query=sparse, using=SPARSE, filter=flt, limit=deep),

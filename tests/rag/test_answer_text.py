@@ -185,11 +185,12 @@ def test_ordinary_answers_are_not_degenerate(answer: str) -> None:
     assert degenerate(answer) is None
 
 
-def test_the_proposed_prompt_fills_like_the_bundled_one() -> None:
-    """rag-answer-v2.txt, to push as a new version: the same two variables, markers like [1]."""
-    v2 = (BUNDLED_PROMPT.parent / "rag-answer-v2.txt").read_text(encoding="utf-8")
-    text = ResolvedPrompt("rag-answer", "2", v2, "registry", ()).render(
+def test_the_bundled_prompt_fills_its_two_variables() -> None:
+    """The bundled prompt (version 2 of issue 16, promoted through the eval gate): the two
+    variables the pipeline fills, and markers like [1]."""
+    bundled = BUNDLED_PROMPT.read_text(encoding="utf-8")
+    text = ResolvedPrompt("rag-answer", "2", bundled, "registry", ()).render(
         context="[1] json.dumps: serialize obj.", question="Which function serializes?"
     )
     assert "[1] json.dumps: serialize obj." in text and "Which function serializes?" in text
-    assert "{{" not in text and "like [1]" in v2
+    assert "{{" not in text and "like [1]" in bundled

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from services.rag.evaluation import clustered_mean, paired
+from services.rag.evaluation import METRICS, Question, clustered_mean, paired, score, summarize
 from tests.cli.test_cli import run
 from tests.conftest import API_KEY, ServiceProcess, clean_env
 from tests.rag.platform import Platform
@@ -48,7 +48,7 @@ def test_clustered_mean_by_hand() -> None:
             {
                 "id": "1",
                 "source": "a",
-                **dict.fromkeys(("hit", "citation_validity", "fact_recall", "score"), 0.5),
+                **dict.fromkeys(METRICS, 0.5),
             }
         ]
         * 2,
@@ -56,12 +56,50 @@ def test_clustered_mean_by_hand() -> None:
             {
                 "id": "1",
                 "source": "a",
-                **dict.fromkeys(("hit", "citation_validity", "fact_recall", "score"), 0.5),
+                **dict.fromkeys(METRICS, 0.5),
             }
         ]
         * 2,
     )
     assert same["score"].mean == 0 and same["score"].ci_low == 0
+
+
+def test_score_counts_degenerate_answers_apart_from_the_score() -> None:
+    q = Question("q", "How long?", ("handbook/refunds.md",), ("30 days",), "refunds")
+    contexts = [{"document_id": "handbook/refunds.md"}]
+    good = score(q, {"answer": GOOD, "contexts": contexts, "citations": [{"marker": "[1]"}]})
+    assert good == {
+        "hit": 1.0,
+        "cited": 1.0,
+        "citation_validity": 1.0,
+        "fact_recall": 1.0,
+        "score": 1.0,
+        "degenerate": 0.0,
+    }
+    # Right fact, valid citations, but a run of markers: the score stays, the rate counts it.
+    run_of_markers = "Within 30 days [1] [1] [1] [1]."
+    bad = score(
+        q, {"answer": run_of_markers, "contexts": contexts, "citations": [{"marker": "[1]"}] * 4}
+    )
+    assert bad["score"] == 1.0 and bad["degenerate"] == 1.0
+    # No marker: nothing to check (left out of citation validity's mean), nothing cited
+    # (validity 0 in the score); one wrong marker of two: validity 1/2, still cited.
+    silent = score(q, {"answer": "30 days.", "contexts": contexts})
+    assert silent["citation_validity"] is None and silent["cited"] == 0.0
+    assert silent["score"] == pytest.approx(2 / 3)
+    half = score(
+        q, {"answer": GOOD, "contexts": contexts, "citations": [{}], "invalid_citations": [{}]}
+    )
+    assert half["citation_validity"] == 0.5 and half["cited"] == 1.0
+    # The mean of citation validity is over the answers that have markers only.
+    rows = [
+        {"id": str(i), "source": s, **r}
+        for i, (s, r) in enumerate([("a", good), ("a", silent), ("b", half)])
+    ]
+    summary = summarize(rows)
+    assert summary["citation_validity"].mean == 0.75 and summary["citation_validity"].n == 2
+    assert summary["cited"].mean == pytest.approx(2 / 3) and summary["cited"].n == 3
+    assert paired(rows, rows)["citation_validity"].n == 2
 
 
 @pytest.fixture
@@ -160,6 +198,9 @@ def test_eval_logs_to_mlflow_and_the_gate_refuses_worse_accepts_equal(
     m = logged.data.metrics
     se = math.sqrt(1.5 * (1 / 9 + 4 / 81 + 1 / 81) / 36)
     assert m["score"] == pytest.approx(1 / 3) and m["hit"] == 1.0
+    assert m["degenerate"] == 0.0 and m["degenerate_ci_high"] == 0.0
+    # Version 2 never cites: nothing to check, so citation validity is not logged; cited is 0.
+    assert m["cited"] == 0.0 and "citation_validity" not in m
     assert m["score_diff"] == pytest.approx(-4 / 9)
     assert m["score_diff_ci_low"] == pytest.approx(-4 / 9 - 4.302653 * se, abs=1e-5)
     assert m["gate_passed"] == 0.0 and logged.data.tags["llmops.eval.gate"] == "failed"

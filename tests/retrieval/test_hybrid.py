@@ -196,3 +196,52 @@ def test_hybrid_on_the_server_path(
         search(api, "srv", query="skip-vacuum-zx7", mode="dense")
         query = recorder.bodies("POST", "/collections/srv/points/query")[-1]
         assert query["using"] == "dense" and len(query["query"]["nearest"]) == 384
+
+
+def test_weighted_fusion_local_and_on_the_server_path(
+    service_factory: Any,
+    embeddings: ServiceProcess,
+    recorder: RecordingQdrant,
+    tmp_path: Path,
+) -> None:
+    """RETRIEVAL_RRF_DENSE_WEIGHT: as Qdrant weighs RRF, rank r (from 1) of the dense list adds
+    1/(r/weight + k - 1), of the lexical list 1/(r + k - 1); local Qdrant computes it, a server
+    is sent `rrf.weights` in the order of the prefetches (dense first)."""
+    weight = "3"
+    local = service_factory(
+        "retrieval",
+        **retrieval_env(embeddings.url, tmp_path / "q", RETRIEVAL_RRF_DENSE_WEIGHT=weight),
+    ).wait_ready()
+    with httpx.Client(base_url=local.url, headers=auth_headers(), timeout=60) as api:
+        make_collection(api, "w")
+        ingest(api, "w", DOCS)
+        query = "what does skip-vacuum-zx7 do"
+        dense = [
+            h["doc_id"] for h in search(api, "w", query=query, mode="dense", top_k=5)["results"]
+        ]
+        sparse = [
+            h["doc_id"] for h in search(api, "w", query=query, mode="sparse", top_k=5)["results"]
+        ]
+        for hit in search(api, "w", query=query, top_k=5)["results"]:
+            expected = sum(
+                1 / ((ranks.index(hit["doc_id"]) + 1) / w + 60 - 1)
+                for w, ranks in ((3.0, dense), (1.0, sparse))
+                if hit["doc_id"] in ranks
+            )
+            assert hit["score"] == pytest.approx(expected, rel=1e-4), hit["doc_id"]
+
+    server = service_factory(
+        "retrieval",
+        **retrieval_env(
+            embeddings.url,
+            Path("/nonexistent"),
+            RETRIEVAL_QDRANT_URL=recorder.url,
+            RETRIEVAL_RRF_DENSE_WEIGHT=weight,
+        ),
+    ).wait_ready()
+    with httpx.Client(base_url=server.url, headers=auth_headers(), timeout=60) as api:
+        make_collection(api, "srv-w")
+        ingest(api, "srv-w", DOCS[:1])
+        search(api, "srv-w", query="skip-vacuum-zx7")
+        sent = recorder.bodies("POST", "/collections/srv-w/points/query")[-1]
+        assert sent["query"] == {"rrf": {"k": 60, "weights": [3.0, 1.0]}}
