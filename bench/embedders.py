@@ -84,7 +84,7 @@ def main() -> None:
         json.dumps(
             {
                 "model": args.model_path.name,
-                "dimension": other.get_sentence_embedding_dimension(),
+                "dimension": other.get_embedding_dimension(),
                 "max_tokens": other.max_seq_length,
                 "texts": len(texts),
                 "median_tokens_per_text": tokens,
