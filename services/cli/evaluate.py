@@ -113,6 +113,9 @@ def _run_all(
         for q in questions:
             for v in versions:  # alternate, so drift over time hits both alike
                 answer = _ask(client, q, v, name, extra)
+                metrics = score(q, answer)
+                # Why, for the per-question table; only the rare degenerate answer is looked at.
+                reason = degenerate(answer["answer"]) if metrics["degenerate"] else None
                 rows[v].append(
                     {
                         "id": q.id,
@@ -121,8 +124,8 @@ def _run_all(
                         "answer": answer["answer"],
                         "version": v,
                         "interaction_id": answer["interaction_id"],
-                        **score(q, answer),
-                        "degenerate_reason": degenerate(answer["answer"]) or "",
+                        **metrics,
+                        "degenerate_reason": reason or "",
                     }
                 )
                 progress.advance(task)

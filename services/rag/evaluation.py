@@ -5,16 +5,15 @@ retrieved chunk at all (cited), what share of its citation markers point to retr
 (citation validity; None, left out of the mean, when it has no marker), and are the expected
 facts in the answer (fact recall). The question's ``score`` is the mean of hit, fact recall and
 the citation validity counted as 0 for an answer without markers: it cites nothing, so it
-supports nothing. Apart from the score,
-``degenerate`` is 1 when the shown answer has one of the failure shapes of
-:func:`services.rag.quality.degenerate` (a marker run, a counting run, copied markup...): a
-rate the gate does not use, reported because a wrong answer and a broken one are different
-problems. Questions written
-about one document are not independent, so standard errors are clustered by source document
-(the CR1 sandwich estimator for a mean), with a t interval on (clusters - 1) degrees of
-freedom. A candidate is compared with the current holder of an alias question by question:
-the mean paired difference, clustered the same way. The gate passes when the lower bound of
-that difference's 95% interval is at least ``-margin``: "not worse by more than the margin".
+supports nothing. Apart from the score, ``degenerate`` is 1 when the shown answer has one of
+the failure shapes of :func:`services.rag.quality.degenerate` (a marker run, a counting run,
+copied markup...): a rate the gate does not use, reported because a wrong answer and a broken
+one are different problems. Questions written about one document are not independent, so
+standard errors are clustered by source document (the CR1 sandwich estimator for a mean), with
+a t interval on (clusters - 1) degrees of freedom. A candidate is compared with the current
+holder of an alias question by question: the mean paired difference, clustered the same way.
+The gate passes when the lower bound of that difference's 95% interval is at least
+``-margin``: "not worse by more than the margin".
 """
 
 from __future__ import annotations

@@ -61,6 +61,19 @@ def ask(svc: ServiceProcess, **body: Any) -> httpx.Response:
     return httpx.post(f"{svc.url}/v1/ask", json=body, headers=headers, timeout=60)
 
 
+def ask_stream(svc: ServiceProcess, question: str) -> tuple[httpx.Response, list[Any]]:
+    """A streamed ask read to its end: the response (status, headers) and its SSE events, as
+    the OpenAI SDK's own parser reads them."""
+    with httpx.stream(
+        "POST",
+        f"{svc.url}/v1/ask",
+        headers=auth_headers(),
+        timeout=60,
+        json={"question": question, "stream": True},
+    ) as r:
+        return r, list(SSEDecoder().iter_bytes(r.iter_bytes()))
+
+
 def recorded(feedback_url: str, interaction_id: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,16 +119,9 @@ def test_answer_cites_only_retrieved_chunks_and_is_recorded(
 def test_streaming_is_sse_that_the_sdk_parser_reads(rag: ServiceProcess) -> None:
     deltas: list[str] = []
     final: dict[str, Any] = {}
-    with httpx.stream(
-        "POST",
-        f"{rag.url}/v1/ask",
-        headers=auth_headers(),
-        timeout=60,
-        json={"question": "How fast is shipping?", "stream": True},
-    ) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        events = list(SSEDecoder().iter_bytes(r.iter_bytes()))
+    r, events = ask_stream(rag, "How fast is shipping?")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
     assert events[-1].data == "[DONE]"
     for event in events[:-1]:
         obj = event.json()
@@ -145,14 +151,8 @@ def test_markers_that_name_nothing_and_marker_runs_are_not_shown(
     assert data["invalid_citations"] == [9, 10, 11, 12, 13, 14, 15, 16, 17]
     stored = recorded(platform.feedback_url, data["interaction_id"])
     assert stored["answer"] == data["answer"] and stored["metadata"]["model_answer"] == raw
-    with httpx.stream(
-        "POST",
-        f"{rag.url}/v1/ask",
-        headers=auth_headers(),
-        timeout=60,
-        json={"question": "How do I return a damaged item?", "stream": True},
-    ) as r:
-        events = [e.json() for e in SSEDecoder().iter_bytes(r.iter_bytes()) if e.data != "[DONE]"]
+    _, sse = ask_stream(rag, "How do I return a damaged item?")
+    events = [e.json() for e in sse if e.data != "[DONE]"]
     deltas = [e["delta"] for e in events if e["object"] == "rag.ask.chunk"]
     assert "".join(deltas) == events[-1]["answer"] == data["answer"]
     assert not any("[9]" in d or "[17]" in d for d in deltas)
