@@ -10,6 +10,9 @@ neither side always goes first). Prints one JSON object with the latencies in mi
 Mode ``latency`` times whole non-streaming requests; mode ``ttft`` sends streaming requests and
 times the first content token (the first SSE event whose delta has non-empty ``content``), then
 drains the stream.
+
+A target's ``"vary_seed": true`` gives each of its requests another ``seed`` (so a response
+cache always misses), and ``"count_header": NAME`` counts the values of that response header.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ class Target:
         self.path = parts.path + (f"?{parts.query}" if parts.query else "")
         self.headers = {"Content-Type": "application/json", **spec.get("headers", {})}
         self.body = json.dumps(spec["body"]).encode()
+        self.seeds = 0 if spec.get("vary_seed") else None
         self.header_samples: list[float] = []
         self.header_name: str | None = spec.get("overhead_header")
+        self.count_header: str | None = spec.get("count_header")
+        self.counted: dict[str, int] = {}
         self.errors = 0
         self.conn = self._connect()
 
@@ -42,13 +48,17 @@ class Target:
         return conn
 
     def _send(self) -> http.client.HTTPResponse:
+        body = self.body
+        if self.seeds is not None:
+            self.seeds += 1
+            body = body[:-1] + b', "seed": ' + str(self.seeds).encode() + b"}"
         try:
-            self.conn.request("POST", self.path, body=self.body, headers=self.headers)
+            self.conn.request("POST", self.path, body=body, headers=self.headers)
             return self.conn.getresponse()
         except (http.client.HTTPException, OSError):
             self.conn.close()
             self.conn = self._connect()
-            self.conn.request("POST", self.path, body=self.body, headers=self.headers)
+            self.conn.request("POST", self.path, body=body, headers=self.headers)
             return self.conn.getresponse()
 
     def _note(self, resp: http.client.HTTPResponse) -> None:
@@ -58,6 +68,9 @@ class Target:
             value = resp.getheader(self.header_name)
             if value is not None:
                 self.header_samples.append(float(value))
+        if self.count_header:
+            seen = resp.getheader(self.count_header) or "none"
+            self.counted[seen] = self.counted.get(seen, 0) + 1
 
     def request(self) -> float:
         start = time.perf_counter()
@@ -117,6 +130,7 @@ def run(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
         measure(proxy)
     ref.errors = proxy.errors = 0
     proxy.header_samples.clear()
+    proxy.counted.clear()
     ref_ms: list[float] = []
     proxy_ms: list[float] = []
     paired: list[float] = []
@@ -140,6 +154,8 @@ def run(mode: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
     if proxy.header_samples:
         out["proxy_header_ms"] = summary(proxy.header_samples)
+    if proxy.count_header:
+        out["proxy_header_counts"] = proxy.counted
     return out
 
 

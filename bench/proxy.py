@@ -311,6 +311,10 @@ class Servers:
             "    max_retries: 2\n"
             "    input_cost_per_1k: 0.0005\n"
             "    output_cost_per_1k: 0.0015\n"
+            "  - name: fake-emb\n"
+            f"    api_base: {self.fake_url}/v1\n"
+            "    model: fake-embedding\n"
+            "    mode: embeddings\n"
             "aliases:\n"
             "  fake:\n"
             "    strategy: weighted\n"
@@ -318,6 +322,31 @@ class Servers:
             "      - deployment: fake-a\n"
             "        weight: 1\n"
             "        priority: 0\n"
+            # The example config's rails, and the cache (each request of that run another seed:
+            # it looks up, misses and stores): the whole cost of having them on.
+            "  guarded:\n"
+            "    deployments: [{deployment: fake-a}]\n"
+            "    guardrails: [limits, pii, injection]\n"
+            "    cache: {ttl_s: 600}\n"
+            "  cached:\n"
+            "    deployments: [{deployment: fake-a}]\n"
+            "    cache: {ttl_s: 3600}\n"
+            "  embed:\n"
+            "    deployments: [{deployment: fake-emb}]\n"
+            # Semantic routing over the fake's embeddings (instant): what the routing itself
+            # adds, the embeddings call's HTTP hop included but not a real model's compute.
+            "  routed:\n"
+            "    strategy: semantic\n"
+            "    routing:\n"
+            "      embedding_alias: embed\n"
+            "      default: fake\n"
+            "      routes:\n"
+            "        - {name: code, target: fake, examples: [fix my python code, sql join]}\n"
+            "        - {name: chat, target: fake, examples: [hello there, thanks a lot]}\n"
+            "guardrails:\n"
+            "  limits: {type: size, action: block, max_chars: 32000, max_messages: 64}\n"
+            "  pii: {type: pii, stages: [pre_call, post_call], action: redact}\n"
+            "  injection: {type: prompt_injection, action: flag}\n"
         )
         master = "mk-" + secrets.token_urlsafe(32)
         env = base_env() | {
@@ -341,7 +370,7 @@ class Servers:
         wait_ready(f"{self.ours_url}/readyz", proc, log_path, 120)
         body = {
             "name": "bench",
-            "aliases": ["fake"],
+            "aliases": ["fake", "guarded", "cached", "routed"],
             "rpm": 100_000_000,
             "tpm": 1_000_000_000,
             "max_budget_usd": 1_000_000,
@@ -365,9 +394,9 @@ class Servers:
         auth = {"Authorization": f"Bearer {self.litellm_key}"}
         return f"{self.litellm_url}/v1/chat/completions", auth, "fake"
 
-    def ours(self) -> tuple[str, dict[str, str], str]:
+    def ours(self, alias: str = "fake") -> tuple[str, dict[str, str], str]:
         auth = {"Authorization": f"Bearer {self.ours_key}"}
-        return f"{self.ours_url}/v1/chat/completions", auth, "fake"
+        return f"{self.ours_url}/v1/chat/completions", auth, alias
 
 
 def smoke(name: str, target: tuple[str, dict[str, str], str], fake_url: str) -> None:
@@ -453,19 +482,27 @@ def sequential(
     proxy: tuple[str, dict[str, str], str],
     n: int,
     cpus: set[int] | None,
+    extra: dict[str, Any] | None = None,
+    proxy_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     stream = {"stream": True} if mode == "ttft" else {}
+    more = extra or {}
 
     def spec(t: tuple[str, dict[str, str], str]) -> dict[str, Any]:
         url, headers, model = t
         return {
             "url": url,
             "headers": headers,
-            "body": {"model": model, **PROMPT, **stream},
+            "body": {"model": model, **PROMPT, **stream, **more},
             "overhead_header": "x-llmops-overhead-ms",
         }
 
-    payload = {"direct": spec(direct), "proxy": spec(proxy), "n": n, "warmup": min(50, n // 5)}
+    payload = {
+        "direct": spec(direct),
+        "proxy": {**spec(proxy), **(proxy_options or {})},
+        "n": n,
+        "warmup": min(50, n // 5),
+    }
 
     def preexec() -> None:
         if cpus:
@@ -479,6 +516,49 @@ def sequential(
     if res["errors_direct"] or res["errors_proxy"]:
         log(f"WARNING: errors in sequential {mode}: {res}")
     return res
+
+
+def guarded_vs_cached(
+    srv: Servers,
+    targets: dict[str, tuple[str, dict[str, str], str]],
+    result: dict[str, Any],
+    n: int,
+    cpus: set[int] | None,
+) -> None:
+    """The same sequential pairs through the alias with the example rails and a cache that
+    always misses (each request another seed: lookup, call, store), and through one whose
+    cache answers: a hit never reaches the upstream, so its total time is the figure."""
+    deterministic = {"temperature": 0}
+    counted = {"count_header": "x-llmops-cache"}
+    log(f"sequential latency, guardrails + cache (miss) vs direct, {n} pairs")
+    lat = sequential(
+        "latency", targets["direct"], srv.ours("guarded"), n, cpus, deterministic,
+        {**counted, "vary_seed": True},
+    )  # fmt: skip
+    result["guarded_cache_results"] = lat.get("proxy_header_counts")
+    result["overhead_ms_p50_guarded"] = added(lat, "p50")
+    result["overhead_ms_p99_guarded"] = added(lat, "p99")
+    result["guarded_extra_ms_p50"] = round(
+        result["overhead_ms_p50_guarded"] - result["overhead_ms_p50"], 3
+    )
+    log(f"  guarded: +{result['overhead_ms_p50_guarded']} ms p50")
+    log(f"sequential latency, cache hits vs direct, {n} pairs")
+    hits = sequential(
+        "latency", targets["direct"], srv.ours("cached"), n, cpus, deterministic, counted
+    )
+    result["cached_cache_results"] = hits.get("proxy_header_counts")
+    result["cache_hit_ms_p50"] = round(hits["proxy_ms"]["p50"], 3)
+    result["cache_hit_ms_p99"] = round(hits["proxy_ms"]["p99"], 3)
+    result["direct_ms_p50"] = round(hits["direct_ms"]["p50"], 3)
+    log(f"  cache hit: {result['cache_hit_ms_p50']} ms p50 (upstream direct "
+        f"{result['direct_ms_p50']} ms)")  # fmt: skip
+    log(f"sequential latency, semantic routing vs direct, {n} pairs")
+    routed = sequential("latency", targets["direct"], srv.ours("routed"), n, cpus)
+    result["overhead_ms_p50_routed"] = added(routed, "p50")
+    result["route_extra_ms_p50"] = round(
+        result["overhead_ms_p50_routed"] - result["overhead_ms_p50"], 3
+    )
+    log(f"  routed: +{result['overhead_ms_p50_routed']} ms p50")
 
 
 def added(res: dict[str, Any], q: str) -> float:
@@ -652,6 +732,7 @@ def run(
         result["stream_ttft_added_ms_p99"] = added(ttft, "p99")
         result["ttft_ours"] = ttft
         log(f"  ours TTFT: +{result['stream_ttft_added_ms_p50']} ms p50")
+        guarded_vs_cached(srv, targets, result, n_ours, gen_cpus)
     if "litellm" in targets:
         log(f"sequential latency, litellm vs direct, {n_litellm} pairs")
         lat = sequential("latency", targets["direct"], targets["litellm"], n_litellm, gen_cpus)

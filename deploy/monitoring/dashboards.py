@@ -20,7 +20,11 @@ from pathlib import Path
 from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    DynamicConfigValue,
+    VariableRefresh,
+)
 
 OUT = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "llmops" / "dashboards"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -38,6 +42,8 @@ class P:
     unit: str = "short"
     kind: str = "timeseries"
     width: int = 12
+    # Series whose legend matches a regexp are drawn in that colour: bad outcomes stand out.
+    highlight: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,7 +191,8 @@ PROXY = Board(
     "llmops-llm-proxy",
     "llmops / LLM proxy",
     "The gateway: requests by alias, deployment and status, added latency, upstream latency and "
-    "TTFT, tokens, cost, retries, fallbacks, circuits, limits, Redis and config reloads.",
+    "TTFT, tokens, cost, retries, fallbacks, circuits, limits, Redis, config reloads, and the "
+    "gateway features: guardrails, response cache, structured outputs, query routing.",
     [
         (
             "Requests",
@@ -203,7 +210,8 @@ PROXY = Board(
                 ),
                 P(
                     "Requests by deployment",
-                    "Which deployment answered ('none': none could).",
+                    "Which deployment answered ('none': none could; 'cache': the response "
+                    "cache, no upstream called).",
                     [(rate("llmops_llm_requests_total", ALIAS, "deployment"), "{{deployment}}")],
                     "reqps",
                 ),
@@ -338,6 +346,96 @@ PROXY = Board(
                         )
                     ],
                     width=8,
+                ),
+            ],
+        ),
+        (
+            "Gateway features",
+            [
+                P(
+                    "Guardrail actions by rail and action",
+                    "Rails that acted per second (request and answer stages together). A "
+                    "jump in block is a client sending what it should not, or a rail too "
+                    "strict: check the 400 guardrail_blocked answers' messages before "
+                    "loosening it; redact and flag only record.",
+                    [
+                        (
+                            rate("llmops_llm_guardrail_actions_total", by="rail, action"),
+                            "{{rail}} {{action}}",
+                        )
+                    ],
+                    "reqps",
+                    width=8,
+                ),
+                P(
+                    "Cache hit ratio by alias",
+                    "Exact and semantic hits over lookups (bypassed requests, not "
+                    "deterministic or Cache-Control, left out). A drop after a deploy or "
+                    "routing edit is expected (the rails in force are part of the key); "
+                    "one that stays: check llmops_llm_redis_errors_total and that clients "
+                    "still send temperature 0 or a seed.",
+                    [
+                        (
+                            rate(
+                                "llmops_llm_cache_requests_total",
+                                ALIAS + ',result=~"hit|semantic_hit"',
+                                "alias",
+                            )
+                            + " / "
+                            + rate(
+                                "llmops_llm_cache_requests_total",
+                                ALIAS + ',result!="bypass"',
+                                "alias",
+                            ),
+                            "{{alias}}",
+                        )
+                    ],
+                    "percentunit",
+                    width=8,
+                ),
+                P(
+                    "Cache lookups by result",
+                    "Lookups per second by alias and result. Mostly bypass: clients send "
+                    "sampled requests the cache never serves. A semantic_hit share that grows "
+                    "may be false hits: raise the alias' semantic threshold.",
+                    [
+                        (
+                            rate("llmops_llm_cache_requests_total", ALIAS, "alias, result"),
+                            "{{alias}} {{result}}",
+                        )
+                    ],
+                    "reqps",
+                    width=8,
+                ),
+                P(
+                    "Structured outputs by result",
+                    "Answers checked against response_format or tool schemas: valid, "
+                    "violation (each invalid answer, sent back with the errors), repaired, "
+                    "failed (the client got a 502). Violations and failures are highlighted: "
+                    "when failures grow, move the alias to a deployment with constrained "
+                    "decoding or raise structured_output.max_repairs.",
+                    [
+                        (
+                            rate("llmops_llm_structured_output_total", ALIAS, "alias, result"),
+                            "{{alias}} {{result}}",
+                        )
+                    ],
+                    "reqps",
+                    highlight={"violation$": "orange", "failed$": "red"},
+                ),
+                P(
+                    "Route decisions by alias and route",
+                    "Requests per second each routing alias handed to each route. One route "
+                    "taking everything (or nothing) after a routing edit: check the "
+                    "x-llmops-route-score header and the thresholds; semantic routes fall "
+                    "back to default while their embeddings alias fails.",
+                    [
+                        (
+                            rate("llmops_llm_route_decisions_total", ALIAS, "alias, route"),
+                            "{{alias}} {{route}}",
+                        )
+                    ],
+                    "reqps",
                 ),
             ],
         ),
@@ -722,7 +820,9 @@ def _variable(name: str) -> gd.QueryVariable:
     source = {
         "namespace": "label_values(llmops_http_requests_total, namespace)",
         "component": 'label_values(llmops_http_requests_total{namespace="$namespace"}, component)',
-        "alias": 'label_values(llmops_llm_requests_total{namespace="$namespace"}, alias)',
+        # Routing aliases answer no request themselves: only their decisions name them.
+        "alias": 'label_values({__name__=~"llmops_llm_requests_total|'
+        'llmops_llm_route_decisions_total",namespace="$namespace"}, alias)',
     }[name]
     v = (
         gd.QueryVariable(name)
@@ -744,6 +844,9 @@ def _panel(spec: P) -> timeseries.Panel | stat.Panel:
     for i, (expr, legend) in enumerate(spec.queries):
         target = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id("ABCDEFGH"[i])
         panel = panel.with_target(target)
+    for pattern, colour in spec.highlight.items():
+        fixed = {"mode": "fixed", "fixedColor": colour}
+        panel = panel.override_by_regexp(pattern, [DynamicConfigValue(id_val="color", value=fixed)])
     return panel
 
 

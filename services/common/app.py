@@ -93,7 +93,7 @@ def build_app(
     metrics_namespace: str = "llmops",
     fast_routes: Mapping[tuple[str, str], FastHandler] | None = None,
 ) -> FastAPI:
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_redact_pii)
     metrics = Metrics(metrics_namespace)
 
     @asynccontextmanager

@@ -100,7 +100,7 @@ def serve(
             file=sys.stderr,
         )
         raise SystemExit(2)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_redact_pii)
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its samples here; /metrics sums them (see common/metrics.py).
         # Under TMPDIR, one of the directories a read-only root filesystem leaves writable.

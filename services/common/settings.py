@@ -86,6 +86,11 @@ class ServiceSettings(BaseSettings):
     )
     service_name: str = "llmops"
     log_level: str = "INFO"
+    log_redact_pii: bool = Field(
+        True,
+        description="Redact emails, phone numbers, cards, IBANs, IP addresses and keys in log "
+        "lines (message, extras, exception text) before they are written.",
+    )
 
     # Auth: accepted keys as SHA-256 hex digests, never plain keys.
     api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -130,6 +135,7 @@ class ServiceSettings(BaseSettings):
         "shutdown_delay_s",
         "graceful_shutdown_s",
         "log_level",
+        "log_redact_pii",
     )
 
     @classmethod

@@ -226,6 +226,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             on_sent=metrics.langfuse_sent.inc,
             on_failure=lambda reason: metrics.langfuse_failures.labels(reason).inc(),
             interval_s=settings.langfuse_flush_s,
+            redact_pii=settings.langfuse_redact_pii,
         )
     state = FeedbackState(
         settings=settings, engine=engine, committer=committer, forwarder=forwarder

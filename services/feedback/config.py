@@ -56,6 +56,14 @@ class FeedbackSettings(ServiceSettings):
     default_environment: str = Field(
         "production", description="An interaction's environment when it names none."
     )
+    export_redact_pii: bool = Field(
+        False,
+        description="Redact PII (emails, phone numbers, cards, IBANs, IP addresses, keys) in "
+        "the text of dataset exports by default; an export's redact_pii=true|false overrides "
+        "it. Off by default: an export is the training data its owner asked for, and a "
+        "fine-tune on placeholders learns to write [EMAIL] where a user asked for the "
+        "address; turn it on where exports leave the team that may see the raw interactions.",
+    )
 
     langfuse_host: str | None = Field(
         None, validation_alias=AliasChoices("FEEDBACK_LANGFUSE_HOST", "LANGFUSE_HOST")
@@ -67,6 +75,12 @@ class FeedbackSettings(ServiceSettings):
         None, validation_alias=AliasChoices("FEEDBACK_LANGFUSE_SECRET_KEY", "LANGFUSE_SECRET_KEY")
     )
     langfuse_flush_s: float = Field(1.0, gt=0, description="How often pending scores are sent.")
+    langfuse_redact_pii: bool = Field(
+        True,
+        description="Redact PII in the comments and corrections sent to Langfuse as score "
+        "comments. On by default: a tracing backend (often hosted elsewhere) is no place for a "
+        "user's email or card number, and the raw text stays in the feedback store.",
+    )
 
     @model_validator(mode="after")
     def _langfuse_complete(self) -> FeedbackSettings:

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from services.common.pii import redact
 from services.feedback.models import (
     LANGFUSE_PENDING,
     LANGFUSE_REJECTED,
@@ -36,8 +37,9 @@ from services.feedback.models import (
 log = logging.getLogger("llmops.feedback.langfuse")
 
 
-def score_for(row: Any) -> CreateScoreRequest:
-    """A Langfuse score for one feedback row; its id is the feedback's, so a resend is a no-op."""
+def score_for(row: Any, redact_pii: bool = False) -> CreateScoreRequest:
+    """A Langfuse score for one feedback row; its id is the feedback's, so a resend is a no-op.
+    With ``redact_pii`` the comment's PII is replaced by placeholders before it leaves."""
     kind = row.kind
     value: float | str
     if kind == "thumbs":
@@ -49,6 +51,8 @@ def score_for(row: Any) -> CreateScoreRequest:
     else:  # comment, correction: the text goes in the score's comment
         value, data_type = ("commented" if kind == "comment" else "corrected"), "CATEGORICAL"
     comment = row.value_text if kind in ("comment", "correction") else row.comment
+    if comment and redact_pii:
+        comment = redact(comment)[0]
     return CreateScoreRequest(
         id=row.id,
         trace_id=row.trace_id,
@@ -75,8 +79,10 @@ class LangfuseForwarder:
         batch: int = 200,
         attempts: int = 3,
         timeout_s: float = 10.0,
+        redact_pii: bool = False,
     ) -> None:
         self.engine = engine
+        self.redact_pii = redact_pii
         self.http = httpx.AsyncClient(
             timeout=timeout_s, limits=httpx.Limits(max_connections=8, max_keepalive_connections=8)
         )
@@ -183,7 +189,7 @@ class LangfuseForwarder:
         """The row's new state: sent, rejected (4xx, or 207 with this score refused), or None
         for "try again later". One score per request, so a 207 names this score alone (its
         errors carry no ids) and a refused score never holds back the others."""
-        score = score_for(row)
+        score = score_for(row, self.redact_pii)
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.attempts),

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, sel
 from sqlalchemy.engine import Engine
 
 from services.common.errors import APIError
+from services.common.pii import redact_value
 from services.feedback.models import Feedback, Interaction, Preference
 from services.feedback.store import as_utc, iso, prompt_of
 
@@ -453,7 +454,7 @@ def _signals(engine: Engine, ids: list[str]) -> dict[str, list[Any]]:
     return out
 
 
-def _lines(fmt: str, inter: Any, feedback: list[Any]) -> Iterator[bytes]:
+def _lines(fmt: str, inter: Any, feedback: list[Any]) -> Iterator[dict[str, Any]]:
     prompt = prompt_of(inter)
     latest: dict[tuple[str, str], Any] = {}  # per (user, kind): later rows overwrite earlier
     for row in feedback:
@@ -462,21 +463,19 @@ def _lines(fmt: str, inter: Any, feedback: list[Any]) -> Iterator[bytes]:
     corrections = [r for r in latest.values() if r.kind == "correction"]
     if fmt == "sft":
         if corrections:
-            yield orjson.dumps({"messages": prompt + _assistant(corrections[-1].value_text)})
+            yield {"messages": prompt + _assistant(corrections[-1].value_text)}
         elif signals and all(r.positive for r in signals):
-            yield orjson.dumps({"messages": prompt + _assistant(inter.answer)})
+            yield {"messages": prompt + _assistant(inter.answer)}
         return
     for r in signals:
-        yield orjson.dumps(
-            {"prompt": prompt, "completion": _assistant(inter.answer), "label": bool(r.positive)}
-        )
+        yield {"prompt": prompt, "completion": _assistant(inter.answer), "label": bool(r.positive)}
     for r in corrections:
-        yield orjson.dumps(
-            {"prompt": prompt, "completion": _assistant(r.value_text), "label": True}
-        )
+        yield {"prompt": prompt, "completion": _assistant(r.value_text), "label": True}
 
 
-def export_rows(engine: Engine, fmt: str, f: Filters, chunk: int = 500) -> Iterator[list[bytes]]:
+def export_rows(
+    engine: Engine, fmt: str, f: Filters, chunk: int = 500, redact_pii: bool = False
+) -> Iterator[list[bytes]]:
     """JSONL lines in TRL's conversational formats, a chunk at a time (oldest first).
 
     * sft: ``{"messages": [...prompt, assistant]}``: answers someone liked and nobody disliked,
@@ -484,7 +483,11 @@ def export_rows(engine: Engine, fmt: str, f: Filters, chunk: int = 500) -> Itera
     * kto: ``{"prompt", "completion", "label"}``: each user's latest thumbs/rating as a label
       on the answer; a correction adds the corrected answer labelled true.
     * dpo: ``{"prompt", "chosen", "rejected"}``: preference pairs and corrections.
+
+    ``redact_pii``: every string of a row (the messages' contents, completions, corrections)
+    with its PII replaced by placeholders (``[EMAIL]``...); keys and roles stay as they are.
     """
+    dump = _redacted_dump if redact_pii else orjson.dumps
     if fmt == "dpo":
         q = select(
             Preference.id,
@@ -497,7 +500,7 @@ def export_rows(engine: Engine, fmt: str, f: Filters, chunk: int = 500) -> Itera
             engine, q.where(*f.on_interactions()), Preference.created_at, Preference.id, chunk
         ):
             yield [
-                orjson.dumps(
+                dump(
                     {
                         "prompt": r.prompt,
                         "chosen": _assistant(r.chosen),
@@ -516,4 +519,8 @@ def export_rows(engine: Engine, fmt: str, f: Filters, chunk: int = 500) -> Itera
     ).where(*f.on_interactions(), _has_signal())
     for inters in _chunks(engine, q, Interaction.created_at, Interaction.id, chunk):
         feedback = _signals(engine, [i.id for i in inters])
-        yield [line for i in inters for line in _lines(fmt, i, feedback.get(i.id, []))]
+        yield [dump(row) for i in inters for row in _lines(fmt, i, feedback.get(i.id, []))]
+
+
+def _redacted_dump(row: dict[str, Any]) -> bytes:
+    return orjson.dumps(redact_value(row))

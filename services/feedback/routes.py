@@ -335,7 +335,19 @@ async def get_stats(
     response_class=StreamingResponse,
 )
 async def export(
-    request: Request, fmt: str, f: Scope, rating: Rating = None, label: Label = None
+    request: Request,
+    fmt: str,
+    f: Scope,
+    rating: Rating = None,
+    label: Label = None,
+    redact_pii: Annotated[
+        bool | None,
+        Query(
+            description="Replace emails, phone numbers, cards, IBANs, IP addresses and keys in "
+            "the exported text with placeholders ([EMAIL]...); default: "
+            "FEEDBACK_EXPORT_REDACT_PII."
+        ),
+    ] = None,
 ) -> Response:
     if fmt not in FORMATS:
         raise APIError(
@@ -344,12 +356,14 @@ async def export(
             param="format",
             code="unknown_format",
         )
-    engine = _state(request).engine
+    state = _state(request)
+    engine = state.engine
     f.rating, f.label = rating, label
+    redact = state.settings.export_redact_pii if redact_pii is None else redact_pii
     total = await _read(export_count, engine, fmt, f)  # also: a 503 now, not mid-stream
 
     async def stream() -> AsyncIterator[bytes]:
-        chunks = export_rows(engine, fmt, f)
+        chunks = export_rows(engine, fmt, f, redact_pii=redact)
         while True:
             lines = await asyncio.to_thread(next, chunks, None)
             if lines is None:
@@ -363,5 +377,6 @@ async def export(
         headers={
             "X-Candidate-Count": str(total),
             "Content-Disposition": f'attachment; filename="{fmt}-{int(time.time())}.jsonl"',
+            "X-PII-Redacted": str(redact).lower(),
         },
     )

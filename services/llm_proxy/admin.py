@@ -60,6 +60,7 @@ async def create_key(body: KeyCreate, state: State, _: Admin) -> dict[str, Any]:
                 param="aliases",
                 code="unknown_alias",
             )
+    _check_metadata(state, body.metadata)
     expires = body.expires_at
     if body.expires_in_s is not None:
         expires = datetime.now(UTC) + timedelta(seconds=body.expires_in_s)
@@ -74,6 +75,68 @@ async def create_key(body: KeyCreate, state: State, _: Admin) -> dict[str, Any]:
         metadata=body.metadata,
     )
     return {**key_view(row), "key": plain}
+
+
+def _check_metadata(state: Any, metadata: dict[str, Any] | None) -> None:
+    """The two metadata fields the proxy acts on: ``guardrails`` (the key's own rails, in
+    place of its aliases') and ``cache_scope`` (keys that share cached answers on purpose)."""
+    if not metadata:
+        return
+    rails = metadata.get("guardrails")
+    if rails is not None:
+        if not isinstance(rails, list) or not all(isinstance(r, str) for r in rails):
+            raise APIError(
+                400, "Invalid value for 'metadata.guardrails': expected a list of guardrail names.",
+                param="metadata.guardrails",
+            )  # fmt: skip
+        unknown = sorted(set(rails) - set(state.router.catalog.guardrails))
+        if unknown:
+            raise APIError(
+                400,
+                f"Unknown guardrail(s): {', '.join(unknown)}; the routing config defines: "
+                f"{', '.join(sorted(state.router.catalog.guardrails)) or 'none'}.",
+                param="metadata.guardrails",
+                code="unknown_guardrail",
+            )
+    scope = metadata.get("cache_scope")
+    if scope is not None and (not isinstance(scope, str) or not 0 < len(scope) <= 200):
+        raise APIError(
+            400, "Invalid value for 'metadata.cache_scope': expected a string of 1-200 characters.",
+            param="metadata.cache_scope",
+        )  # fmt: skip
+
+
+class CachePurge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key_id: str | None = Field(None, description="Purge what this key's requests cached.")
+    cache_scope: str | None = Field(None, min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _one(self) -> CachePurge:
+        if (self.key_id is None) == (self.cache_scope is None):
+            raise ValueError("give key_id or cache_scope, not both")
+        return self
+
+
+@router.post("/cache/purge", summary="Delete one tenant's cached answers (exact and semantic).")
+async def purge_cache(body: CachePurge, state: State, _: Admin) -> dict[str, Any]:
+    scope = f"scope:{body.cache_scope}" if body.cache_scope else f"key:{_key_id(body.key_id or '')}"
+    try:
+        removed = await state.cache.purge_scope(scope)
+        removed += await _purge_semantic(state, scope)
+    except Exception as exc:
+        raise APIError(
+            503, f"The cache store did not answer ({type(exc).__name__}); nothing is known to be "
+            f"purged: retry.", code="cache_unavailable", headers={"Retry-After": "2"},
+        ) from exc  # fmt: skip
+    return {"scope": scope, "removed": removed}
+
+
+async def _purge_semantic(state: Any, scope: str) -> int:
+    # In Redis the semantic rows live under the scope's prefix and went with purge_scope.
+    purge = getattr(state.semantic, "purge_scope", None)
+    return int(await purge(scope)) if purge is not None else 0
 
 
 @router.get("/keys", summary="List keys (never the keys themselves).")

@@ -23,6 +23,13 @@ from services.common.app import build_app
 from services.common.db import SchemaGate
 from services.common.errors import error_response
 from services.llm_proxy import admin, routes
+from services.llm_proxy.cache import (
+    MemoryCache,
+    MemorySemanticIndex,
+    RedisCache,
+    ResponseCache,
+    SemanticIndex,
+)
 from services.llm_proxy.catalog import Catalog, CatalogWatcher, load_catalog
 from services.llm_proxy.config import ProxySettings
 from services.llm_proxy.db import check_schema, migrate
@@ -37,10 +44,9 @@ from services.llm_proxy.upstream import create_session
 log = logging.getLogger("llmops.llm_proxy")
 
 
-def _limiter(settings: ProxySettings, metrics: ProxyMetrics) -> Limiter:
-    if settings.redis_url is None:
-        return MemoryLimiter()
-    redis = Redis.from_url(
+def _redis(settings: ProxySettings) -> Redis:
+    assert settings.redis_url is not None
+    return Redis.from_url(
         settings.redis_url.get_secret_value(),
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
@@ -51,11 +57,32 @@ def _limiter(settings: ProxySettings, metrics: ProxyMetrics) -> Limiter:
         # on a closed connection only: a timeout is not retried (no doubled stall).
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
+
+
+def _limiter(settings: ProxySettings, metrics: ProxyMetrics) -> Limiter:
+    if settings.redis_url is None:
+        return MemoryLimiter()
     return RedisLimiter(
-        redis,
+        _redis(settings),
         fail_open=settings.redis_fail_mode == "open",
         backoff_s=settings.redis_retry_after_s,
         on_error=metrics.redis_errors.inc,
+    )
+
+
+def _caches(
+    settings: ProxySettings, metrics: ProxyMetrics
+) -> tuple[ResponseCache, SemanticIndex | MemorySemanticIndex]:
+    """The response cache in Redis (shared by the replicas) when there is one, else in memory.
+    Its own client: a slow cache read never queues behind the limiter's calls."""
+    if settings.redis_url is None:
+        return MemoryCache(), MemorySemanticIndex()
+    redis = _redis(settings)
+    on_error = metrics.redis_errors.inc
+    backoff = settings.redis_retry_after_s
+    return (
+        RedisCache(redis, backoff_s=backoff, on_error=on_error),
+        SemanticIndex(redis, backoff_s=backoff, on_error=on_error),
     )
 
 
@@ -92,6 +119,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     limiter = _limiter(settings, metrics)
     session = create_session(settings.max_connections, settings.connect_timeout_s)
     spend = SpendLog(store, settings.spend_flush_s)
+    cache, semantic = _caches(settings, metrics)
     master = settings.master_key
     state = ProxyState(
         settings=settings,
@@ -109,6 +137,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started_at=int(time.time()),
         tracer=app.state.tracer,
         schema=schema,
+        cache=cache,
+        semantic=semantic,
     )
 
     def reloaded(new: Catalog, new_keys: dict[str, str | None]) -> None:
@@ -146,6 +176,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             await asyncio.wait_for(spend.stop(), budget)
             await asyncio.wait_for(limiter.close(), max(1.0, budget / 4))
+            await asyncio.wait_for(cache.close(), max(1.0, budget / 4))
         except TimeoutError:
             log.error("spend or limiter flush did not finish within %.0f s", budget)
         await session.close()

@@ -17,6 +17,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from services.llm_proxy.guardrails import GuardrailSpec
+from services.llm_proxy.query_routing import ComplexityRouting, SemanticRouting
+
 log = logging.getLogger("llmops.llm_proxy.catalog")
 
 
@@ -44,6 +47,11 @@ class Deployment(_Strict):
     input_cost_per_1k: float = Field(0.0, ge=0)
     output_cost_per_1k: float = Field(0.0, ge=0)
     headers: dict[str, str] = Field(default_factory=dict)
+    structured_outputs: Literal["validate", "trust"] = Field(
+        "validate",
+        description="validate: the proxy checks response_format and tool arguments against "
+        "their schemas (and repairs); trust: the upstream guarantees them (constrained decoding).",
+    )
 
     @field_validator("api_base")
     @classmethod
@@ -77,12 +85,74 @@ class AliasTarget(_Strict):
     priority: int = Field(0, ge=0, description="Lower is tried first; higher ones are fallbacks.")
 
 
-class Alias(_Strict):
-    """What clients send as ``model``: a set of deployments and a strategy to choose among them."""
+class SemanticCache(_Strict):
+    """Also serve a stored answer to a paraphrase: off unless configured (false hits)."""
 
-    strategy: Literal["weighted", "least-latency", "lowest-cost"] = "weighted"
-    deployments: list[AliasTarget] = Field(min_length=1)
+    embedding_alias: str
+    threshold: float = Field(0.95, gt=0, le=1)
+    max_entries: int = Field(1000, ge=1, description="Per tenant and alias; oldest go first.")
+
+
+class CacheOptions(_Strict):
+    """The response cache of an alias: exact (Redis, per tenant), optionally semantic."""
+
+    ttl_s: float = Field(600.0, gt=0)
+    charge_hits: bool = Field(
+        False, description="Charge a cached answer's tokens to the key's spend as if fresh."
+    )
+    semantic: SemanticCache | None = None
+
+
+class StructuredOptions(_Strict):
+    max_repairs: int = Field(
+        2, ge=0, le=5, description="Retries with the validation error fed back, then a 502."
+    )
+
+
+class Alias(_Strict):
+    """What clients send as ``model``: a set of deployments and a strategy to choose among them,
+    or (``semantic``, ``complexity``) a rule that hands each request to another alias."""
+
+    strategy: Literal["weighted", "least-latency", "lowest-cost", "semantic", "complexity"] = (
+        "weighted"
+    )
+    deployments: list[AliasTarget] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list, description="Aliases tried next, in order.")
+    routing: SemanticRouting | ComplexityRouting | None = None
+    guardrails: list[str] = Field(default_factory=list, description="Names under guardrails.")
+    stream_guardrails: Literal["check", "buffer"] = "check"
+    cache: CacheOptions | None = None
+    structured_output: StructuredOptions = StructuredOptions()
+
+    @model_validator(mode="after")
+    def _shape(self) -> Alias:
+        routed = self.strategy in ("semantic", "complexity")
+        if not routed:
+            if not self.deployments:
+                raise ValueError("an alias needs at least 1 deployment")
+            if self.routing is not None:
+                raise ValueError(
+                    f"'routing' needs strategy semantic or complexity, not {self.strategy}"
+                )
+            return self
+        want = SemanticRouting if self.strategy == "semantic" else ComplexityRouting
+        if not isinstance(self.routing, want):
+            raise ValueError(f"strategy {self.strategy} needs a 'routing' block of that kind")
+        if self.deployments or self.fallbacks or self.guardrails or self.cache is not None:
+            raise ValueError(
+                "a routing alias hands each request to a target alias, whose deployments, "
+                "fallbacks, guardrails and cache apply: set them there"
+            )
+        return self
+
+    def targets(self) -> list[str]:
+        """The aliases a routing alias can hand a request to."""
+        r = self.routing
+        if isinstance(r, SemanticRouting):
+            return [r.default, *(route.target for route in r.routes)]
+        if isinstance(r, ComplexityRouting):
+            return [r.default, r.complex]
+        return []
 
 
 class Breaker(_Strict):
@@ -107,6 +177,7 @@ class Catalog(_Strict):
     deployments: list[Deployment] = Field(min_length=1)
     aliases: dict[str, Alias] = Field(min_length=1)
     router: RouterOptions = RouterOptions()
+    guardrails: dict[str, GuardrailSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _references(self) -> Catalog:
@@ -132,6 +203,37 @@ class Catalog(_Strict):
                     raise ValueError(f"alias {alias!r} falls back to unknown alias {fallback!r}")
                 if fallback == alias:
                     raise ValueError(f"alias {alias!r} falls back to itself")
+        # Guardrail names, routing targets and embedding aliases, once every alias is known.
+        for alias, spec in self.aliases.items():
+            for rail in spec.guardrails:
+                if rail not in self.guardrails:
+                    raise ValueError(
+                        f"alias {alias!r} names guardrail {rail!r}, which is not defined "
+                        f"under guardrails"
+                    )
+            for goal in spec.targets():
+                if goal not in self.aliases:
+                    raise ValueError(
+                        f"routing alias {alias!r} hands requests to unknown alias {goal!r}"
+                    )
+                t = self.aliases[goal]
+                if t.routing is not None:
+                    raise ValueError(
+                        f"routing alias {alias!r} hands requests to another routing alias {goal!r}"
+                    )
+                if self.mode(goal) != "chat":
+                    raise ValueError(
+                        f"routing alias {alias!r}: target {goal!r} is not a chat alias"
+                    )
+            embedder = getattr(spec.routing, "embedding_alias", None)
+            semantic = spec.cache.semantic if spec.cache is not None else None
+            for name in (embedder, semantic.embedding_alias if semantic else None):
+                if name is None:
+                    continue
+                if name not in self.aliases or self.aliases[name].routing is not None:
+                    raise ValueError(f"alias {alias!r}: embedding alias {name!r} is not defined")
+                if self.mode(name) != "embeddings":
+                    raise ValueError(f"alias {alias!r}: {name!r} is not an embeddings alias")
         return self
 
     def deployment(self, name: str) -> Deployment:
@@ -141,7 +243,10 @@ class Catalog(_Strict):
         raise KeyError(name)
 
     def mode(self, alias: str) -> str:
-        return self.deployment(self.aliases[alias].deployments[0].deployment).mode
+        spec = self.aliases[alias]
+        if spec.routing is not None:
+            return "chat"
+        return self.deployment(spec.deployments[0].deployment).mode
 
 
 class CatalogError(ValueError):

@@ -47,6 +47,10 @@ class ProxyMetrics:
     rate_limited: Counter
     redis_errors: Counter
     config_reloads: Counter
+    guardrails: Counter
+    structured: Counter
+    cache: Counter
+    routes: Counter
 
     @classmethod
     def create(cls, m: Metrics) -> ProxyMetrics:
@@ -126,6 +130,29 @@ class ProxyMetrics:
                 "Routing config reloads by result.",
                 ["result"],
                 initial=("ok", "rejected"),
+            ),
+            guardrails=m.counter(
+                "llm_guardrail_actions_total",
+                "Guardrails that acted, by rail, stage (pre_call/post_call) and action "
+                "(block/redact/flag).",
+                ["rail", "stage", "action"],
+            ),
+            structured=m.counter(
+                "llm_structured_output_total",
+                "Answers checked against response_format or tool schemas, by result: valid (first "
+                "time), violation (each invalid answer), repaired (valid after a retry), failed.",
+                ["alias", "result"],
+            ),
+            cache=m.counter(
+                "llm_cache_requests_total",
+                "Response-cache lookups by result: hit, semantic_hit, miss, bypass (not "
+                "deterministic or Cache-Control), error (the cache store failed: a miss).",
+                ["alias", "result"],
+            ),
+            routes=m.counter(
+                "llm_route_decisions_total",
+                "Requests to a routing alias by the route chosen and its target alias.",
+                ["alias", "route", "target"],
             ),
         )
 

@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from services.llm_proxy.catalog import Alias, Breaker, Catalog, Deployment
+from services.llm_proxy.policy import Policies
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 STATE_NAMES = {CLOSED: "closed", OPEN: "open", HALF_OPEN: "half_open"}
@@ -127,7 +128,9 @@ class Router:
                     d, keys.get(d.name), CircuitBreaker(catalog.router.breaker)
                 )
         prices = {}
-        for alias in catalog.aliases:
+        for alias, spec in catalog.aliases.items():
+            if spec.routing is not None:
+                continue  # it hands each request to a target alias: that one's prices apply
             chain = self._chain(catalog, alias)
             deps = [
                 catalog.deployment(t.deployment)
@@ -141,7 +144,9 @@ class Router:
             )
         # Per alias, once per config: the request path looks these up, never scans the catalog.
         modes = {alias: catalog.mode(alias) for alias in catalog.aliases}
+        policies = Policies.build(catalog)
         self.catalog, self.states, self.prices, self.modes = catalog, states, prices, modes
+        self.policies = policies
 
     @staticmethod
     def _chain(catalog: Catalog, alias: str) -> list[str]:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,7 +22,20 @@ from starlette.types import Receive, Scope, Send
 from services.common.errors import APIError, check_json_content_type, error_body
 from services.llm_proxy.auth import Caller
 from services.llm_proxy.auth import caller as authenticate
+from services.llm_proxy.cache import (
+    CachedResponse,
+    cache_key,
+    completed,
+    decode_entry,
+    directives,
+    eligible,
+    encode_entry,
+    semantic_text,
+    sse_replay,
+)
+from services.llm_proxy.catalog import CacheOptions
 from services.llm_proxy.gateway import Outcome, usage_of
+from services.llm_proxy.guardrails import GuardrailBlocked, Hit, Rails
 from services.llm_proxy.keys import KeyRecord
 from services.llm_proxy.limits import (
     LimiterUnavailable,
@@ -39,12 +53,27 @@ from services.llm_proxy.openapi import (
     ModelList,
     json_body,
 )
+from services.llm_proxy.policy import Policy, blocked, choose_route, embed
 from services.llm_proxy.router import Candidate
 from services.llm_proxy.state import ProxyState, State
-from services.llm_proxy.telemetry import end_llm_span, start_llm_span
+from services.llm_proxy.structured import (
+    OutputSpec,
+    StructuredRequestError,
+    normalize,
+    output_spec,
+    repair_messages,
+    violations,
+)
+from services.llm_proxy.telemetry import (
+    end_llm_span,
+    set_guardrail_attributes,
+    set_route_attributes,
+    start_llm_span,
+)
 from services.llm_proxy.upstream import Stream, UpstreamError, open_stream, post_json, target
 
 router = APIRouter()
+log = logging.getLogger("llmops.llm_proxy")
 payload_log = logging.getLogger("llmops.payloads")
 
 JSON = "application/json"
@@ -228,6 +257,7 @@ def _account(
             m.key_budget_used.labels(caller.id).set(used)
     if reservation is not None:
         state.limiter.settle(reservation, tin + tout, to_nano(cost))
+        reservation.tracked = False  # settled: a later refund must not settle it again
     return cost
 
 
@@ -268,6 +298,31 @@ async def chat_completions(request: Request) -> Response:
     max_tokens = _positive_int(data, "max_tokens")
     max_out = _positive_int(data, "max_completion_tokens") or max_tokens
     n = _positive_int(data, "n") or 1
+    router = state.router
+    policies = router.policies
+    headers: dict[str, str] = {}
+    spec = router.catalog.aliases[alias]
+    if spec.routing is not None:
+        decision = await choose_route(state, policies, alias, spec, messages)
+        state.metrics.routes.labels(alias, decision.route, decision.target).inc()
+        headers["x-llmops-route"] = decision.route
+        headers["x-llmops-route-target"] = decision.target
+        headers["x-llmops-route-score"] = f"{decision.score:.3f}"
+        set_route_attributes(decision)
+        alias = decision.target
+    policy = policies.by_alias[alias]
+    rails = policies.rails(alias, caller) if caller.metadata else policy.rails
+    try:
+        wanted = output_spec(data)
+    except StructuredRequestError as exc:
+        raise APIError(400, exc.message, param=exc.param, code="invalid_response_format") from None
+    hits: list[Hit] = []
+    if rails.pre:
+        try:
+            hits = rails.check_request(messages)
+        except GuardrailBlocked as exc:
+            _count_hits(state, [exc.hit])
+            raise blocked(exc) from None
     in_tokens = estimate_prompt_tokens(messages)
     if data.get("tools"):
         in_tokens += _text_tokens(orjson.dumps(data["tools"]).decode())
@@ -275,18 +330,37 @@ async def chat_completions(request: Request) -> Response:
     reservation = await _reserve(
         state, caller, alias, in_tokens + out_tokens, out_tokens, in_tokens
     )
+    if hits:
+        _count_hits(state, hits)
+        headers["x-llmops-guardrails"] = ",".join(h.label for h in hits)
     if state.settings.log_payloads:
         payload_log.debug("request", extra={"alias": alias, "messages": messages})
     try:
+        if wanted is not None or rails.post or policy.cache is not None:
+            checked = Checked(policy, rails, wanted, headers)
+            return await _chat_with_policy(
+                state, request, caller, alias, data, checked, in_tokens, out_tokens,
+                reservation, started,
+            )  # fmt: skip
         if stream:
-            return await _stream(state, caller, alias, data, in_tokens, reservation, started)
+            return await _stream(
+                state, caller, alias, data, in_tokens, reservation, started, headers
+            )
         return await _complete(
             state, caller, alias, data, "chat/completions", in_tokens + out_tokens, reservation,
-            started,
+            started, headers,
         )  # fmt: skip
     except BaseException:
         _refund(state, reservation)
         raise
+
+
+def _count_hits(state: ProxyState, hits: list[Hit]) -> None:
+    """Each rail that acted: counted, and named on the request's span (never what matched)."""
+    for h in hits:
+        state.metrics.guardrails.labels(h.rail, h.stage, h.action).inc()
+    if hits:
+        set_guardrail_attributes(hits)
 
 
 async def _complete(
@@ -298,6 +372,7 @@ async def _complete(
     tokens: int,
     reservation: Reservation | None,
     started: float,
+    extra: dict[str, str] | None = None,
 ) -> Response:
     settings = state.settings
 
@@ -332,7 +407,10 @@ async def _complete(
     overhead = _observe(
         state, alias, outcome.candidate.state.deployment.name, 200, started, outcome
     )
-    return Response(raw, media_type=JSON, headers=_headers(outcome, overhead, cost))
+    headers = _headers(outcome, overhead, cost)
+    if extra:
+        headers.update(extra)
+    return Response(raw, media_type=JSON, headers=headers)
 
 
 def _observe(
@@ -365,6 +443,8 @@ async def _stream(
     in_tokens: int,
     reservation: Reservation | None,
     started: float,
+    extra: dict[str, str] | None = None,
+    checked: Checked | None = None,
 ) -> Response:
     settings = state.settings
     options = data.get("stream_options")
@@ -414,18 +494,26 @@ async def _stream(
             error=None if status == 200 else f"stream ended with {status}",
         )
 
+    watch = _Watch(checked) if checked is not None else None
+
     async def relay() -> AsyncIterator[bytes]:
         usage: tuple[int, int] | None = None
         chunks = 0
         status = 200
         finished = False
         try:
+            if watch is not None and not watch.see(upstream.first_obj):
+                status = 400
+                yield watch.error(state)
+                return
             state.metrics.ttft_seconds.labels(alias).observe(time.perf_counter() - started)
             yield b"data: " + upstream.first + b"\n\n"
             chunks += 1
             async for event in upstream.events():
                 if event == b"[DONE]":
                     finished = True
+                    if watch is not None:
+                        await watch.done(state, alias, usage, outcome)
                     yield b"data: [DONE]\n\n"
                     break
                 try:
@@ -442,6 +530,10 @@ async def _stream(
                     yield _sse_error(
                         f"The upstream failed mid-stream: {obj['error']}", "upstream_stream_error"
                     )
+                    return
+                if watch is not None and not watch.see(obj):
+                    status = 400
+                    yield watch.error(state)
                     return
                 found = usage_of(obj)
                 if found is not None:
@@ -469,6 +561,8 @@ async def _stream(
 
     headers = _headers(outcome, overhead, None)
     headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    if extra:
+        headers.update(extra)
     return RelayResponse(
         relay(), on_close=lambda: finish(499, None, 0), media_type="text/event-stream",
         headers=headers,
@@ -487,6 +581,357 @@ class RelayResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.on_close()
+
+
+@dataclass
+class Checked:
+    """What a chat request is checked against beyond routing: its alias' policy, the rails in
+    force (the key's own or the alias'), the output it asked for, and the headers so far."""
+
+    policy: Policy
+    rails: Rails
+    wanted: OutputSpec | None
+    headers: dict[str, str]
+    cache: CacheLookup | None = None
+
+
+class _Watch:
+    """A streamed answer under check: block rails on each delta (linear), flag rails and the
+    cache write once it has finished."""
+
+    def __init__(self, checked: Checked) -> None:
+        self.checked = checked
+        self.checker = checked.rails.stream_checker()
+        self.parts: list[str] = []
+        self.chunks: list[dict[str, Any]] | None = [] if checked.cache is not None else None
+        self.hit: Hit | None = None
+
+    def see(self, obj: Any) -> bool:
+        """False when a block rail stops the stream here."""
+        if not isinstance(obj, dict):
+            return True
+        if self.chunks is not None:
+            self.chunks.append(obj)
+        for choice in obj.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            text = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(text, str) and text:
+                self.parts.append(text)
+                try:
+                    self.checker.feed(text)
+                except GuardrailBlocked as exc:
+                    self.hit = exc.hit
+                    return False
+        return True
+
+    def error(self, state: ProxyState) -> bytes:
+        assert self.hit is not None
+        _count_hits(state, [self.hit])
+        message = GuardrailBlocked(self.hit).message
+        return (
+            b"data: "
+            + error_body(message, type="invalid_request_error", code="guardrail_blocked")
+            + b"\n\n"
+        )
+
+    async def done(
+        self, state: ProxyState, alias: str, usage: tuple[int, int] | None, outcome: Outcome
+    ) -> None:
+        rails = self.checked.rails
+        if rails.post:
+            flags = [r for r in rails.post if r.spec.action == "flag"]
+            hits = [h for r in flags if (h := r.scan("".join(self.parts), "post_call")[1])]
+            _count_hits(state, hits)
+        lookup = self.checked.cache
+        if lookup is not None and self.chunks is not None and lookup.may_write:
+            completion = completed(self.chunks)
+            if completion is not None:
+                await _cache_store(state, alias, lookup, completion, outcome)
+
+
+async def _chat_with_policy(
+    state: ProxyState,
+    request: Request,
+    caller: KeyRecord,
+    alias: str,
+    data: dict[str, Any],
+    checked: Checked,
+    in_tokens: int,
+    out_tokens: int,
+    reservation: Reservation | None,
+    started: float,
+) -> Response:
+    """Chat with guardrails on the answer, the response cache or a response_format in force.
+
+    A stream is relayed as it comes when only block/flag rails check it (``check``); with a
+    schema to validate, a redact rail, or ``stream_guardrails: buffer`` the answer is fetched
+    whole, checked, then sent as a stream: nothing unchecked reaches the client.
+    """
+    stream = data.get("stream") is True
+    policy, rails, headers = checked.policy, checked.rails, checked.headers
+    if policy.cache is not None:
+        checked.cache = lookup = await _cache_lookup(state, request, caller, alias, data, rails)
+        headers["x-llmops-cache"] = lookup.result
+        if lookup.entry is not None:
+            return _cached_answer(state, caller, alias, data, lookup, reservation, started, headers)
+    buffer = (
+        checked.wanted is not None
+        or rails.post_redacts
+        or (bool(rails.post) and policy.stream_guardrails == "buffer")
+    )
+    if stream and not buffer:
+        return await _stream(
+            state, caller, alias, data, in_tokens, reservation, started, headers, checked
+        )
+    span = start_llm_span(state.tracer, "chat", alias, data)
+    try:
+        completion, outcome, usage = await _checked_completion(
+            state, alias, data, checked, in_tokens + out_tokens
+        )
+    except _OutputInvalid as exc:
+        # The failed attempts were made and are paid for, like any upstream call.
+        cost = _account(state, caller, alias, exc.outcome.candidate, exc.usage, reservation)
+        dep = exc.outcome.candidate.state.deployment.name
+        _observe(state, alias, dep, 502, started, exc.outcome)
+        end_llm_span(span, outcome=exc.outcome, usage=exc.usage, cost=cost, error=exc.error.message)
+        raise exc.error from None
+    except APIError as exc:
+        _observe(state, alias, "none", exc.status_code, started, None)
+        end_llm_span(span, outcome=None, error=exc.message)
+        raise
+    cost = _account(state, caller, alias, outcome.candidate, usage, reservation)
+    if rails.post:
+        try:
+            hits = rails.check_completion(completion)
+        except GuardrailBlocked as exc:
+            _count_hits(state, [exc.hit])
+            _observe(state, alias, outcome.candidate.state.deployment.name, 400, started, outcome)
+            end_llm_span(span, outcome=outcome, usage=usage, cost=cost, error=exc.message)
+            raise blocked(exc) from None
+        if hits:
+            _count_hits(state, hits)
+            labels = [h.label for h in hits]
+            if "x-llmops-guardrails" in headers:
+                labels.insert(0, headers["x-llmops-guardrails"])
+            headers["x-llmops-guardrails"] = ",".join(labels)
+    end_llm_span(span, outcome=outcome, usage=usage, cost=cost)
+    if checked.cache is not None and checked.cache.may_write:
+        await _cache_store(state, alias, checked.cache, completion, outcome)
+    overhead = _observe(
+        state, alias, outcome.candidate.state.deployment.name, 200, started, outcome
+    )
+    headers.update(_headers(outcome, overhead, cost))
+    if stream:
+        return _replay(completion, data, headers)
+    return Response(orjson.dumps(completion), media_type=JSON, headers=headers)
+
+
+class _OutputInvalid(Exception):
+    def __init__(self, error: APIError, outcome: Outcome, usage: tuple[int, int]) -> None:
+        super().__init__(error.message)
+        self.error, self.outcome, self.usage = error, outcome, usage
+
+
+async def _checked_completion(
+    state: ProxyState, alias: str, data: dict[str, Any], checked: Checked, tokens: int
+) -> tuple[dict[str, Any], Outcome, tuple[int, int]]:
+    """One non-streamed answer that meets the requested schema: an invalid one is sent back
+    with what is wrong, up to ``max_repairs`` times, then the caller gets a 502 (never a 200
+    with invalid JSON). Every attempt's tokens are counted."""
+    settings = state.settings
+    body = {k: v for k, v in data.items() if k not in ("stream", "stream_options")}
+    messages = body["messages"]
+    wanted = checked.wanted
+    repairs = checked.policy.structured.max_repairs
+    total_in = total_out = 0
+    metric = state.metrics.structured
+
+    async def attempt(cand: Candidate) -> dict[str, Any]:
+        dep = cand.state.deployment
+        body["model"] = dep.model
+        t = target(dep, cand.state.api_key, "chat/completions")
+        _, obj = await post_json(
+            state.session, t, orjson.dumps(body), dep.timeout_s, settings.connect_timeout_s
+        )
+        if not isinstance(obj.get("choices"), list):
+            raise UpstreamError("retry", "the upstream answer has no 'choices'")
+        return obj
+
+    upstream_s = 0.0
+    calls = 0
+    for round_ in range(repairs + 1):
+        obj, outcome = await state.gateway.call(alias, tokens, attempt)
+        upstream_s += outcome.upstream_s
+        calls += outcome.attempts
+        tin, tout = usage_of(obj) or (tokens, 0)
+        total_in, total_out = total_in + tin, total_out + tout
+        if wanted is None or outcome.candidate.state.deployment.structured_outputs == "trust":
+            break
+        problems = violations(wanted, obj)
+        if not problems:
+            metric.labels(alias, "valid" if round_ == 0 else "repaired").inc()
+            obj = normalize(wanted, obj)  # an accepted ```json fence goes: bare JSON out
+            break
+        metric.labels(alias, "violation").inc()
+        if round_ == repairs:
+            metric.labels(alias, "failed").inc()
+            error = APIError(
+                502,
+                f"The model's answer did not match the requested {wanted.describe()} after "
+                f"{round_ + 1} attempts ({repairs} repairs with the error fed back): "
+                + "; ".join(problems[:3]),
+                code="structured_output_invalid",
+                type="upstream_error",
+            )
+            raise _OutputInvalid(error, outcome, (total_in, total_out))
+        body["messages"] = repair_messages(messages, obj, problems, wanted)
+    return obj, Outcome(outcome.candidate, calls, upstream_s), (total_in, total_out)
+
+
+@dataclass
+class CacheLookup:
+    """One request's visit to the response cache, and what a miss should store."""
+
+    result: str  # hit, semantic_hit, miss, bypass
+    scope: str
+    key: str | None = None
+    may_write: bool = False
+    entry: CachedResponse | None = None
+    options: CacheOptions | None = None
+    data: dict[str, Any] | None = None
+    namespace: str = ""  # the alias, and the rails in force, the entry is kept under
+    vector: Any = None
+
+
+def cache_scope(caller: KeyRecord) -> str:
+    """The tenant a cached answer belongs to: the key's ``metadata.cache_scope`` (keys that
+    share on purpose), else the key itself. Never shared across keys by default."""
+    scope = caller.metadata.get("cache_scope") if caller.metadata else None
+    return f"scope:{scope}" if isinstance(scope, str) and scope else f"key:{caller.id}"
+
+
+async def _cache_lookup(
+    state: ProxyState,
+    request: Request,
+    caller: KeyRecord,
+    alias: str,
+    data: dict[str, Any],
+    rails: Rails,
+) -> CacheLookup:
+    options = state.router.policies.by_alias[alias].cache
+    assert options is not None
+    scope = cache_scope(caller)
+    read, write = directives(request.headers.get("cache-control"))
+    opt_in = request.headers.get("x-llmops-cache", "").strip().lower() == "force"
+    if not (read or write) or not eligible(data, opt_in):
+        state.metrics.cache.labels(alias, "bypass").inc()
+        return CacheLookup("bypass", scope)
+    # The rails in force are part of the key: an answer checked by other rails is not served.
+    namespace = alias if not rails.names else f"{alias}|{','.join(rails.names)}"
+    key = cache_key(scope, namespace, data)
+    lookup = CacheLookup("miss", scope, key, write, options=options, data=data, namespace=namespace)
+    if not read:
+        state.metrics.cache.labels(alias, "bypass").inc()
+        lookup.result = "bypass"
+        return lookup
+    raw = await state.cache.get(key)
+    entry = decode_entry(raw, scope) if raw is not None else None
+    if entry is not None:
+        lookup.result, lookup.entry = "hit", entry
+    elif options.semantic is not None and (text := semantic_text(data)) is not None:
+        sem = options.semantic
+        try:
+            lookup.vector = (await embed(state, sem.embedding_alias, [text]))[0]
+        except APIError as exc:
+            log.warning("semantic cache skipped: %s", exc.message)
+        if lookup.vector is not None:
+            found = await state.semantic.lookup(
+                scope, namespace, data, lookup.vector, threshold=sem.threshold,
+                embedder=sem.embedding_alias,
+            )  # fmt: skip
+            raw = await state.cache.get(found.key) if found is not None else None
+            entry = decode_entry(raw, scope) if raw is not None else None
+            if entry is not None:
+                lookup.result, lookup.entry = "semantic_hit", entry
+    state.metrics.cache.labels(alias, lookup.result).inc()
+    return lookup
+
+
+async def _cache_store(
+    state: ProxyState, alias: str, lookup: CacheLookup, completion: dict[str, Any], outcome: Outcome
+) -> None:
+    """Keep a fresh answer for its tenant; a cache failure never fails the request."""
+    options, key = lookup.options, lookup.key
+    if options is None or key is None or not completion.get("choices"):
+        return
+    body = orjson.dumps(completion)
+    entry = encode_entry(
+        lookup.scope, body, outcome.candidate.state.deployment.name, usage_of(completion)
+    )
+    await state.cache.set(key, entry, options.ttl_s)
+    if options.semantic is not None and lookup.vector is not None and lookup.data is not None:
+        # The row points at the exact entry just written.
+        await state.semantic.add(
+            lookup.scope, lookup.namespace, lookup.data, lookup.vector, key,
+            ttl_s=options.ttl_s, embedder=options.semantic.embedding_alias,
+        )  # fmt: skip
+
+
+def _cached_answer(
+    state: ProxyState,
+    caller: KeyRecord,
+    alias: str,
+    data: dict[str, Any],
+    lookup: CacheLookup,
+    reservation: Reservation | None,
+    started: float,
+    headers: dict[str, str],
+) -> Response:
+    """A stored answer: no upstream call; charged only if the alias says ``charge_hits``."""
+    entry, options = lookup.entry, lookup.options
+    assert entry is not None and options is not None
+    tin, tout = entry.usage or (0, 0)
+    cost = 0.0
+    if options.charge_hits:
+        dep = next(
+            (d for d in state.router.catalog.deployments if d.name == entry.deployment), None
+        )
+        cost = dep.cost(tin, tout) if dep is not None else 0.0
+        if not caller.admin:
+            state.spend.add(caller.id, alias, "cache", tin, tout, cost)
+            state.metrics.key_spend.labels(caller.id).inc(cost)
+    if reservation is not None:
+        charged = tin + tout if options.charge_hits else 0
+        state.limiter.settle(reservation, charged, to_nano(cost))
+        reservation.tracked = False
+    m = state.metrics
+    m.requests.labels(alias, "cache", "200").inc()
+    m.request_seconds.labels(alias).observe(time.perf_counter() - started)
+    headers.update(
+        {
+            "x-llmops-deployment": entry.deployment,
+            "x-llmops-attempts": "0",
+            "x-llmops-cost-usd": f"{cost:.9f}",
+            "x-llmops-cache-age": str(max(0, int(time.time() - entry.created))),
+        }
+    )
+    if data.get("stream") is True:
+        return _replay(entry.completion(), data, headers)
+    return Response(entry.body, media_type=JSON, headers=headers)
+
+
+def _replay(completion: dict[str, Any], data: dict[str, Any], headers: dict[str, str]) -> Response:
+    """A whole answer sent as the stream the client asked for."""
+    options = data.get("stream_options")
+    usage = isinstance(options, dict) and options.get("include_usage") is True
+    events = sse_replay(completion, include_usage=usage)
+
+    async def body() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+
+    headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 def _token_ids(value: Any) -> bool:

@@ -10,6 +10,11 @@ from fastapi import Depends, Request
 from opentelemetry.trace import Tracer
 
 from services.common.db import SchemaGate
+from services.llm_proxy.cache import (
+    MemorySemanticIndex,
+    ResponseCache,
+    SemanticIndex,
+)
 from services.llm_proxy.config import ProxySettings
 from services.llm_proxy.gateway import Gateway, ProxyMetrics
 from services.llm_proxy.keys import KeyCache, KeyStore
@@ -33,6 +38,8 @@ class ProxyState:
     tracer: Tracer
     started_at: int
     schema: SchemaGate
+    cache: ResponseCache
+    semantic: SemanticIndex | MemorySemanticIndex
     config_error: str | None = None
 
 

@@ -4,12 +4,15 @@ untraced request pays nothing for it. Prompts and completions are never put on s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from services.llm_proxy.gateway import Outcome
+from services.llm_proxy.guardrails import Hit
+from services.llm_proxy.query_routing import Decision
 
 _REQUEST_PARAMS = {
     "max_tokens": "gen_ai.request.max_tokens",
@@ -34,6 +37,30 @@ def start_llm_span(tracer: Tracer, operation: str, alias: str, data: dict[str, A
     if data.get("stream") is True:
         span.set_attribute("llmops.stream", True)
     return span
+
+
+def set_route_attributes(decision: Decision) -> None:
+    """A routing alias' choice, on the request's span (when it is recorded)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("llmops.route", decision.route)
+        span.set_attribute("llmops.route.target", decision.target)
+        span.set_attribute("llmops.route.score", decision.score)
+        span.set_attribute("llmops.route.reason", decision.reason)
+
+
+def set_guardrail_attributes(hits: Sequence[Hit]) -> None:
+    """Which rails acted, as ``rail:action`` and their details (kinds and counts, no text)."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            "guardrails",
+            {
+                "llmops.guardrails": [h.label for h in hits],
+                "llmops.guardrails.stage": [h.stage for h in hits],
+                "llmops.guardrails.detail": [h.detail for h in hits],
+            },
+        )
 
 
 def end_llm_span(

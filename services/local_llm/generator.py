@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import Any
 
 from services.common.metrics import Metrics
 from services.local_llm.config import DEFAULT_GGUF_FILE, LocalLLMSettings
+from services.local_llm.constrained import JsonConstraints
 
 log = logging.getLogger("llmops.local_llm")
 
@@ -385,6 +386,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # response_format: the JSON Schema the completion must follow (constrained decoding).
+    json_schema: Mapping[str, Any] | None = field(default=None, compare=False)
 
     @property
     def greedy(self) -> bool:
@@ -551,6 +554,13 @@ class Generator:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
         self.info = ModelInfo(settings.served_model_name, context, loaded.origin, loaded.timings)
+        self.json = JsonConstraints(
+            lambda ids: self._fast.decode(ids, skip_special_tokens=False),
+            lambda text: self._fast.encode(text, add_special_tokens=False).ids,
+            self._fast.get_vocab_size(with_added_tokens=True),
+            self.tokenizer.all_special_ids,
+            self.eos_ids,
+        )
 
     def render(self, messages: list[dict[str, str]]) -> str:
         text: str = self.tokenizer.apply_chat_template(
@@ -594,6 +604,9 @@ class Generator:
         processors = LogitsProcessorList()
         if params.controls_repetition:
             processors.append(RepetitionControl(torch, len(prompt_ids), params))
+        if params.json_schema is not None:
+            # After the penalties, before temperature and top-p; the first one builds the index.
+            processors.append(self.json.processor(torch, params.json_schema, len(prompt_ids)))
         input_ids = torch.tensor([prompt_ids], dtype=torch.long)
         with self._lock, torch.inference_mode():
             if params.seed is not None:

@@ -20,6 +20,7 @@ from services.common.openapi import event_stream
 from services.common.routing import JsonRoute
 from services.common.scopes import needs_scope
 from services.local_llm.config import LocalLLMSettings
+from services.local_llm.constrained import ANY_OBJECT, UnsupportedSchema, parser_for
 from services.local_llm.generator import (
     Completion,
     Generator,
@@ -193,6 +194,37 @@ def _repetition(body: ChatCompletionRequest, settings: LocalLLMSettings) -> dict
     }
 
 
+def _json_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The schema decoding must follow, from ``response_format``; 400 when it cannot."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return ANY_OBJECT
+    if fmt.json_schema is None:
+        raise APIError(
+            400,
+            "'response_format.json_schema' is missing: with type 'json_schema' send "
+            '{"name": ..., "schema": {...}}.',
+            param="response_format.json_schema",
+            code="invalid_value",
+        )
+    schema = fmt.json_schema.json_schema
+    if schema is None:
+        return ANY_OBJECT
+    try:
+        parser_for(schema)
+    except UnsupportedSchema as exc:
+        raise APIError(
+            400,
+            f"Invalid value for 'response_format.json_schema.schema': this server cannot "
+            f"constrain decoding to it ({exc}).",
+            param="response_format.json_schema.schema",
+            code="invalid_value",
+        ) from None
+    return schema
+
+
 def _budget(body: ChatCompletionRequest, settings: LocalLLMSettings, prompt: int, ctx: int) -> int:
     """Tokens this request may generate; 400 when prompt (+ max_tokens) overflow the context."""
     if prompt >= ctx:
@@ -229,6 +261,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     settings: LocalLLMSettings = request.app.state.settings
     _check_model(body.model, settings)
     _check_request(body, settings)
+    json_schema = _json_schema(body)
     messages = _messages(body.messages)
     prompt_ids = await asyncio.to_thread(generator.encode_chat, messages)
     max_new = _budget(body, settings, len(prompt_ids), generator.info.context_length)
@@ -238,6 +271,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         top_p=body.top_p,
         seed=None if body.seed is None else body.seed % 2**64,  # torch takes 64-bit seeds
         stop=tuple(body.stop_list),
+        json_schema=json_schema,
         **_repetition(body, settings),
     )
     try:

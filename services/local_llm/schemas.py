@@ -5,6 +5,9 @@ Unknown fields are accepted and ignored (``tools``, ``logit_bias``, ``logprobs``
 frameworks send many of them by default, and refusing them would break those clients for
 parameters this small model cannot honour anyway.
 
+``response_format`` is honoured: ``json_object`` and ``json_schema`` constrain decoding to JSON
+(valid for the schema), see services/local_llm/constrained.py.
+
 Repetition, per request (each unset field takes the server's ``LOCAL_LLM_<NAME>`` setting):
 
 * ``frequency_penalty`` and ``presence_penalty`` mean what OpenAI defines: a token's logit is
@@ -29,6 +32,23 @@ class ChatMessage(BaseModel):
     # A string, or OpenAI's content parts ([{"type": "text", "text": ...}]); checked in routes.
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    # "schema" shadows a BaseModel attribute: the field has another name and takes this alias.
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class StreamOptions(BaseModel):
@@ -62,6 +82,9 @@ class ChatCompletionRequest(BaseModel):
     )
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = Field(
+        None, description="json_object or json_schema: the completion is constrained to JSON."
+    )
     user: str | None = None
 
     @property

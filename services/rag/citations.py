@@ -6,31 +6,35 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from services.rag.fencing import fence
 from services.rag.markup import plain_text
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 # Markers side by side ("[1] [2]", "[1], [1]"), with the blanks before them on the same line.
 _GROUP = re.compile(r"(?P<pre>[ \t]*)(?P<group>\[\d{1,3}\](?:[\s,]*\[\d{1,3}\])*)")
+# Where the pipeline notes what it found in a retrieved chunk (prompt_injection:<heuristic>).
+FLAGS = "_flags"
 # What may still become part of a group: trailing blanks and commas, markers, a partial marker.
 _OPEN_TAIL = re.compile(r"(?:[\s,]*\[\d{1,3}\])*[\s,]*(?:\[\d{0,3})?\Z")
 
 
 def number_contexts(
-    chunks: list[dict[str, Any]], max_chars: int
+    chunks: list[dict[str, Any]], max_chars: int, fence_lines: tuple[str, ...] = ()
 ) -> tuple[str, list[dict[str, Any]]]:
     """The context block of the prompt (``[1] text``, best chunks first) within ``max_chars``,
     and the chunks that made it in, in marker order. Where a chunk came from stays out of the
     prompt (small models copy it into the answer); the citations carry it instead. The text is
     :func:`plain_text`: markup the model would copy is dropped, and a chunk left with no text
-    (a row of badges) gets no number."""
+    (a row of badges) gets no number. It is also :func:`fence`-d: chat-template markers and the
+    template's own ``fence_lines`` in a chunk are neutralised, so retrieved text stays data."""
     parts: list[str] = []
     used: list[dict[str, Any]] = []
     total = 0
     for chunk in chunks:
-        text = plain_text(chunk.get("text") or "")
+        text = fence(plain_text(chunk.get("text") or ""), fence_lines)
         if not text:
             continue
-        heading = plain_text(" > ".join(chunk.get("headings", [])[-1:]))
+        heading = fence(plain_text(" > ".join(chunk.get("headings", [])[-1:])), fence_lines)
         block = (
             f"[{len(used) + 1}] {heading + ': ' if heading and heading not in text else ''}{text}"
         )
@@ -65,6 +69,7 @@ def cite(answer: str, used: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
                 "heading_path": list(chunk.get("headings", [])),
                 "chunk_index": chunk.get("chunk_index"),
                 "score": chunk.get("score"),
+                "flags": list(chunk.get(FLAGS, ())),
             }
         )
     return citations, invalid

@@ -24,8 +24,10 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from services.common.errors import APIError, peer_error
 from services.common.http import context_headers
+from services.common.injection import find_injection
 from services.common.tracing import trace_id_for
-from services.rag.citations import ShownStream, cite, number_contexts, shown_answer
+from services.rag.citations import FLAGS, ShownStream, cite, number_contexts, shown_answer
+from services.rag.fencing import fence_lines
 from services.rag.outbox import OutboxUnavailable
 from services.rag.registry import PromptNotFound, PromptUnavailable, ResolvedPrompt
 from services.rag.state import RagState
@@ -166,10 +168,15 @@ async def _prepare(
         timings["prompt"] = time.perf_counter() - t
         span.set_attribute("rag.prompt.version", prompt.version or "bundled")
         span.set_attribute("rag.prompt.source", prompt.source)
+        context, used = number_contexts(
+            chunks, state.settings.max_context_chars, fence_lines(prompt.template)
+        )
+        flagged = flag_injections(state, ask, used)
+        if flagged:
+            span.set_attribute("rag.context.injection", flagged)
     for reason in prompt.degraded:
         degraded.append(reason)
         state.metrics.degraded.labels(reason).inc()
-    context, used = number_contexts(chunks, state.settings.max_context_chars)
     text = prompt.render(context=context or "(no context was retrieved)", question=ask.question)
     return Prepared(
         ask=ask,
@@ -183,6 +190,33 @@ async def _prepare(
         degraded=degraded,
         timings=timings,
     )
+
+
+def flag_injections(state: RagState, ask: Ask, used: list[dict[str, Any]]) -> list[str]:
+    """Look for prompt injection in the chunks the prompt shows: each hit is counted per
+    heuristic, logged with the chunk's and document's ids (never its text: that is what the
+    poisoned document wants repeated), and marked on the chunk (``flags`` of its context and
+    citation). The chunk is still shown, fenced (see fencing.py): a heuristic can be wrong,
+    and the answer's citations say which passage it came from. Returns the markers flagged."""
+    flagged: list[str] = []
+    for n, chunk in enumerate(used, start=1):
+        names = find_injection(chunk.get("text") or "")
+        if not names:
+            continue
+        chunk[FLAGS] = [f"prompt_injection:{name}" for name in names]
+        flagged.append(f"[{n}]")
+        for name in names:
+            state.metrics.context_injection.labels(name).inc()
+        log.warning(
+            "retrieved chunk looks like a prompt injection",
+            extra={
+                "chunk_id": chunk.get("id"),
+                "document_id": chunk.get("doc_id"),
+                "collection": ask.collection,
+                "heuristics": names,
+            },
+        )
+    return flagged
 
 
 def _chat_body(state: RagState, p: Prepared, stream: bool) -> dict[str, Any]:
@@ -406,6 +440,7 @@ async def finish(
                 "document_id": c.get("doc_id"),
                 "heading_path": list(c.get("headings", [])),
                 "score": c.get("score"),
+                "flags": list(c.get(FLAGS, ())),
             }
             for n, c in enumerate(p.used, start=1)
         ],

@@ -57,6 +57,12 @@ class Context(BaseModel):
     document_id: str | None
     heading_path: list[str]
     score: float | None
+    flags: list[str] = Field(
+        default_factory=list,
+        description="What the rag service noticed in this chunk's text: "
+        "prompt_injection:<heuristic> when it reads like an attempt to instruct the model "
+        "(the chunk was still shown, fenced as data). Empty: nothing.",
+    )
 
 
 class Citation(Context):

@@ -8,6 +8,7 @@ import httpx
 from opentelemetry.trace import Tracer
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common.injection import HEURISTICS
 from services.common.metrics import Metrics
 from services.rag.config import RagSettings
 from services.rag.outbox import InteractionOutbox
@@ -20,6 +21,7 @@ class RagMetrics:
     degraded: Counter
     stage_seconds: Histogram
     citations: Counter
+    context_injection: Counter
     outbox_depth: Gauge
     outbox_sent: Counter
     outbox_failures: Counter
@@ -51,6 +53,13 @@ class RagMetrics:
                 "Citation markers in answers: valid or invalid.",
                 ["kind"],
                 initial=("valid", "invalid"),
+            ),
+            context_injection=m.counter(
+                "rag_context_injection_total",
+                "Retrieved chunks shown to the model that match a prompt-injection heuristic, "
+                "by heuristic (a chunk matching two counts in both).",
+                ["heuristic"],
+                initial=HEURISTICS,
             ),
             outbox_depth=m.gauge(
                 "rag_outbox_depth", "Interactions not yet handed to the feedback service."

@@ -11,7 +11,8 @@ control endpoints (no auth) for tests:
 
 * ``POST /_script`` ``{"faults": [F, ...]}`` queues faults (FIFO, one per /v1 request) and/or
   ``{"always": F | null}`` sets a fault applied to every /v1 request, and/or ``{"content": S}``
-  sets the reply (streamed word by word; null: back to the default), and/or ``{"replies":
+  sets the reply (streamed word by word; null: back to the default; a forced tool call's
+  arguments when ``tool_choice`` forces one), and/or ``{"replies":
   [{"if_contains": S, "content": C}, ...]}`` picks the reply by what the prompt contains.
 * ``GET /_stats``, ``GET /_requests`` (the last 100 /v1 requests), ``POST /_reset``.
 
@@ -183,6 +184,8 @@ class FakeUpstream:
             message: dict[str, Any] = {"role": "assistant", "content": self._reply(body)}
             finish = "stop"
             call = _forced_tool_call(body)
+            if call is not None and (self.scripted_content or self.rules):
+                call["function"]["arguments"] = message["content"]  # scripted arguments
             if call is not None:
                 message = {"role": "assistant", "content": None, "tool_calls": [call]}
                 finish = "tool_calls"

@@ -118,7 +118,12 @@ def test_each_feedback_becomes_one_score_on_the_interactions_trace(
         assert api.post("/v1/interactions", json=given).status_code == 201
         sent = [
             {"interaction_id": "lf-1", "kind": "thumbs", "value": "up", "user_id": "u"},
-            {"interaction_id": "lf-1", "kind": "rating", "value": 2, "comment": "vague"},
+            {
+                "interaction_id": "lf-1",
+                "kind": "rating",
+                "value": 2,
+                "comment": "vague; mail jane.doe@example.com",
+            },
             {"interaction_id": "lf-2", "kind": "label", "value": "off-topic"},
             {"interaction_id": "lf-2", "kind": "correction", "value": "The better answer."},
         ]
@@ -133,7 +138,7 @@ def test_each_feedback_becomes_one_score_on_the_interactions_trace(
     assert label["traceId"] == "0af7651916cd43dd8448eb211c80319c"
     assert (thumbs["name"], thumbs["value"], thumbs["dataType"]) == ("thumbs", 1, "BOOLEAN")
     assert (rating["name"], rating["value"], rating["dataType"]) == ("rating", 2, "NUMERIC")
-    assert rating["comment"] == "vague"
+    assert rating["comment"] == "vague; mail [EMAIL]"  # FEEDBACK_LANGFUSE_REDACT_PII default
     assert (label["value"], label["dataType"]) == ("off-topic", "CATEGORICAL")
     assert correction["comment"] == "The better answer."
     assert thumbs["environment"] == "staging" and label["environment"] == "production"

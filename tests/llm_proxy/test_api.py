@@ -107,6 +107,8 @@ def test_tools_and_response_format_pass_through(
         }
     ]
     schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    # The answer must meet the schema now that the proxy checks it (test_gateway_features).
+    httpx.post(f"{fakes['a'].url}/_script", json={"content": '{"ok": true}'}).raise_for_status()
     r = proxy.chat(key, tools=tools, tool_choice="auto", response_format=schema, seed=7)
     assert r.status_code == 200, r.text
     sent = fakes["a"].requests()[-1]["body"]

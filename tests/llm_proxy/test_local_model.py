@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -25,10 +26,20 @@ def test_chat_through_the_proxy_from_the_local_model(
                 "timeout_s": 300,
             }
         ],
-        "aliases": {"smollm2": {"deployments": [{"deployment": "local-smollm2"}]}},
+        "aliases": {
+            "smollm2": {"deployments": [{"deployment": "local-smollm2"}]},
+            "smollm2-guarded": {
+                "deployments": [{"deployment": "local-smollm2"}],
+                "guardrails": ["pii"],
+                "cache": {"ttl_s": 60},
+            },
+        },
+        "guardrails": {"pii": {"type": "pii"}},
     }
     proxy: Proxy = proxy_factory(config, LLMOPS_TEST_LOCAL_KEY=API_KEY)
-    key = proxy.create_key(name="smoke", aliases=["smollm2"], max_budget_usd=1)["key"]
+    key = proxy.create_key(name="smoke", aliases=["smollm2", "smollm2-guarded"], max_budget_usd=1)[
+        "key"
+    ]
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=key, max_retries=0)
     out = client.chat.completions.create(
         model="smollm2",
@@ -52,3 +63,33 @@ def test_chat_through_the_proxy_from_the_local_model(
     assert 'llmops_llm_tokens_total{alias="smollm2",deployment="local-smollm2",type="output"}' in (
         proxy.metrics()
     )
+
+    # Gateway features over the real model: a schema (constrained decoding in local-llm,
+    # validated by the proxy), the cache, and PII never reaching the model.
+    city = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": city, "strict": True}}
+    ask = {
+        "model": "smollm2-guarded",
+        "messages": [{"role": "user", "content": "Which city is the capital of France?"}],
+        "max_tokens": 24,
+        "temperature": 0,
+        "response_format": fmt,
+    }
+    first = client.chat.completions.with_raw_response.create(**ask)
+    answer = json.loads(first.parse().choices[0].message.content or "")
+    assert set(answer) == {"city"} and isinstance(answer["city"], str)
+    assert first.headers["x-llmops-cache"] == "miss"
+    again = client.chat.completions.with_raw_response.create(**ask)
+    assert again.headers["x-llmops-cache"] == "hit"
+    assert json.loads(again.parse().choices[0].message.content or "") == answer
+    mail = "Repeat this address: jane.doe@example.com"
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2-guarded", messages=[{"role": "user", "content": mail}], max_tokens=16
+    )
+    assert raw.headers["x-llmops-guardrails"] == "pii:redact"
+    assert "jane.doe@example.com" not in (raw.parse().choices[0].message.content or "")
