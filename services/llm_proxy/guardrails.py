@@ -201,9 +201,6 @@ class Rails:
         # Text already sent cannot be redacted: an answer with such a rail is buffered.
         self.post_redacts = any(c.spec.action == "redact" for c in self.post)
 
-    def __bool__(self) -> bool:
-        return bool(self.pre or self.post)
-
     def check_request(self, messages: list[Any]) -> list[Hit]:
         """Run the pre-call rails over ``messages``, redacting in place; raise on a block."""
         hits: list[Hit] = []
@@ -251,7 +248,10 @@ class Rails:
         return hits
 
     def stream_checker(self) -> StreamChecker:
-        return StreamChecker([r for r in self.post if r.spec.action == "block"])
+        return StreamChecker(
+            [r for r in self.post if r.spec.action == "block"],
+            [r for r in self.post if r.spec.action == "flag"],
+        )
 
 
 def _size(rail: _Compiled, spec: SizeRail, messages: list[Any]) -> Hit | None:
@@ -269,16 +269,30 @@ def _size(rail: _Compiled, spec: SizeRail, messages: list[Any]) -> Hit | None:
 
 
 class StreamChecker:
-    """Block rails over a streamed answer, scanning each delta with a short overlap (linear
-    in the answer's length, not quadratic)."""
+    """The post-call rails of a streamed answer: ``block`` rails scan each delta with a short
+    overlap (linear in the answer's length, not quadratic), ``flag`` rails the whole answer
+    once it has ended (redact rails never stream: their answers are buffered)."""
 
-    def __init__(self, rails: list[_Compiled]) -> None:
-        self.rails = rails
+    def __init__(self, block: list[_Compiled], flag: list[_Compiled]) -> None:
+        self.rails = block
+        self.flag = flag
+        self.parts: list[str] = []
         self.text = ""
         self.scanned = 0
 
+    def flags(self) -> list[Hit]:
+        """The flag rails' hits on the whole answer; call once, when it has ended."""
+        if not self.flag:
+            return []
+        text = self.text if self.rails else "".join(self.parts)
+        return [h for r in self.flag if (h := r.scan(text, "post_call")[1]) is not None]
+
     def feed(self, delta: str) -> None:
-        if not self.rails or not delta:
+        if not delta:
+            return
+        if not self.rails:
+            if self.flag:
+                self.parts.append(delta)
             return
         self.text += delta
         start = max(0, self.scanned - _OVERLAP)

@@ -95,7 +95,9 @@ class Reservation:
     window: int
     tokens: int
     cost_nano: int
-    tracked: bool  # False when nothing was reserved (no limits, or admitted while degraded)
+    # False when nothing was reserved (no limits, or admitted while degraded), and once
+    # settled: a reservation is settled at most once.
+    tracked: bool
     has_tpm: bool = True
     has_budget: bool = True
 
@@ -157,6 +159,7 @@ class MemoryLimiter:
         """Replace the reservation by the actual use (0, 0 for a failed call: a full refund)."""
         if not res.tracked:
             return
+        res.tracked = False
         tok_key = (res.subject, res.window, "t")
         if tok_key in self._counts:
             self._counts[tok_key] += tokens - res.tokens
@@ -288,6 +291,7 @@ class RedisLimiter:
         the shared counters, summed per counter and sent every 20 ms in one pipeline."""
         if not res.tracked:
             return
+        res.tracked = False
         lease = self._leases.get(res.subject)
         _, tok_key, spend_key = self._keys(res.subject, res.window)
         for limited, key, delta, field in (

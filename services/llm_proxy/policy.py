@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
 
 from services.common.errors import APIError
 from services.llm_proxy.catalog import Alias, CacheOptions, Catalog, StructuredOptions
@@ -28,7 +27,7 @@ from services.llm_proxy.query_routing import (
     examples_text,
     last_user_text,
 )
-from services.llm_proxy.upstream import UpstreamError, post_json, target
+from services.llm_proxy.upstream import UpstreamError, call
 
 if TYPE_CHECKING:
     from services.llm_proxy.router import Candidate
@@ -43,10 +42,6 @@ class Policy:
     cache: CacheOptions | None
     structured: StructuredOptions
     stream_guardrails: str
-
-    @property
-    def active(self) -> bool:
-        return bool(self.rails) or self.cache is not None
 
 
 @dataclass
@@ -102,14 +97,11 @@ async def embed(state: ProxyState, alias: str, texts: list[str]) -> np.ndarray:
     tokens = sum(len(t) // 4 + 1 for t in texts)
 
     async def attempt(cand: Candidate) -> dict[str, Any]:
-        dep = cand.state.deployment
-        body = orjson.dumps({"model": dep.model, "input": texts})
-        t = target(dep, cand.state.api_key, "embeddings")
-        _, obj = await post_json(
-            state.session, t, body, dep.timeout_s, state.settings.connect_timeout_s
-        )
-        data = obj.get("data")
-        if not isinstance(data, list) or len(data) != len(texts):
+        _, obj = await call(
+            state.session, cand.state.deployment, cand.state.api_key, "embeddings",
+            {"input": texts}, state.settings.connect_timeout_s,
+        )  # fmt: skip
+        if len(obj["data"]) != len(texts):
             raise UpstreamError("retry", "the embeddings answer does not have one vector per input")
         return obj
 

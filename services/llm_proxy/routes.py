@@ -70,7 +70,7 @@ from services.llm_proxy.telemetry import (
     set_route_attributes,
     start_llm_span,
 )
-from services.llm_proxy.upstream import Stream, UpstreamError, open_stream, post_json, target
+from services.llm_proxy.upstream import Stream, call, open_stream, target
 
 router = APIRouter()
 log = logging.getLogger("llmops.llm_proxy")
@@ -247,8 +247,24 @@ def _account(
     m.tokens.labels(alias, dep.name, "output").inc(tout)
     if cost:
         m.cost.labels(alias, dep.name).inc(cost)
+    _charge(state, caller, alias, dep.name, usage, cost, reservation)
+    return cost
+
+
+def _charge(
+    state: ProxyState,
+    caller: KeyRecord,
+    alias: str,
+    deployment: str,
+    usage: tuple[int, int],
+    cost: float,
+    reservation: Reservation | None,
+) -> None:
+    """The key's spend (and budget gauge) for a call, and its reservation settled."""
+    tin, tout = usage
     if not caller.admin:
-        state.spend.add(caller.id, alias, dep.name, tin, tout, cost)
+        m = state.metrics
+        state.spend.add(caller.id, alias, deployment, tin, tout, cost)
         m.key_spend.labels(caller.id).inc(cost)
         if caller.max_budget_usd:
             # The key's spend as last read (key cache TTL, spend flush) plus this call: close
@@ -257,8 +273,6 @@ def _account(
             m.key_budget_used.labels(caller.id).set(used)
     if reservation is not None:
         state.limiter.settle(reservation, tin + tout, to_nano(cost))
-        reservation.tracked = False  # settled: a later refund must not settle it again
-    return cost
 
 
 def _refund(state: ProxyState, reservation: Reservation | None) -> None:
@@ -311,7 +325,7 @@ async def chat_completions(request: Request) -> Response:
         set_route_attributes(decision)
         alias = decision.target
     policy = policies.by_alias[alias]
-    rails = policies.rails(alias, caller) if caller.metadata else policy.rails
+    rails = policies.rails(alias, caller)
     try:
         wanted = output_spec(data)
     except StructuredRequestError as exc:
@@ -330,9 +344,7 @@ async def chat_completions(request: Request) -> Response:
     reservation = await _reserve(
         state, caller, alias, in_tokens + out_tokens, out_tokens, in_tokens
     )
-    if hits:
-        _count_hits(state, hits)
-        headers["x-llmops-guardrails"] = ",".join(h.label for h in hits)
+    _count_hits(state, hits, headers)
     if state.settings.log_payloads:
         payload_log.debug("request", extra={"alias": alias, "messages": messages})
     try:
@@ -355,12 +367,18 @@ async def chat_completions(request: Request) -> Response:
         raise
 
 
-def _count_hits(state: ProxyState, hits: list[Hit]) -> None:
-    """Each rail that acted: counted, and named on the request's span (never what matched)."""
+def _count_hits(state: ProxyState, hits: list[Hit], headers: dict[str, str] | None = None) -> None:
+    """Each rail that acted: counted, named on the request's span (never what matched) and,
+    given the answer's headers, added to ``x-llmops-guardrails``."""
     for h in hits:
         state.metrics.guardrails.labels(h.rail, h.stage, h.action).inc()
     if hits:
         set_guardrail_attributes(hits)
+        if headers is not None:
+            labels = [h.label for h in hits]
+            if "x-llmops-guardrails" in headers:
+                labels.insert(0, headers["x-llmops-guardrails"])
+            headers["x-llmops-guardrails"] = ",".join(labels)
 
 
 async def _complete(
@@ -377,18 +395,10 @@ async def _complete(
     settings = state.settings
 
     async def attempt(cand: Candidate) -> tuple[bytes, dict[str, Any]]:
-        dep = cand.state.deployment
-        data["model"] = dep.model
-        body = orjson.dumps(data)
-        t = target(dep, cand.state.api_key, endpoint)
-        raw, obj = await post_json(
-            state.session, t, body, dep.timeout_s, settings.connect_timeout_s
-        )
-        if endpoint == "chat/completions" and not isinstance(obj.get("choices"), list):
-            raise UpstreamError("retry", "the upstream answer has no 'choices'")
-        if endpoint == "embeddings" and not isinstance(obj.get("data"), list):
-            raise UpstreamError("retry", "the upstream answer has no 'data'")
-        return raw, obj
+        return await call(
+            state.session, cand.state.deployment, cand.state.api_key, endpoint, data,
+            settings.connect_timeout_s,
+        )  # fmt: skip
 
     span = start_llm_span(
         state.tracer, "chat" if endpoint == "chat/completions" else "embeddings", alias, data
@@ -513,7 +523,7 @@ async def _stream(
                 if event == b"[DONE]":
                     finished = True
                     if watch is not None:
-                        await watch.done(state, alias, usage, outcome)
+                        await watch.done(state, outcome)
                     yield b"data: [DONE]\n\n"
                     break
                 try:
@@ -602,7 +612,6 @@ class _Watch:
     def __init__(self, checked: Checked) -> None:
         self.checked = checked
         self.checker = checked.rails.stream_checker()
-        self.parts: list[str] = []
         self.chunks: list[dict[str, Any]] | None = [] if checked.cache is not None else None
         self.hit: Hit | None = None
 
@@ -616,7 +625,6 @@ class _Watch:
             delta = choice.get("delta") if isinstance(choice, dict) else None
             text = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(text, str) and text:
-                self.parts.append(text)
                 try:
                     self.checker.feed(text)
                 except GuardrailBlocked as exc:
@@ -634,19 +642,15 @@ class _Watch:
             + b"\n\n"
         )
 
-    async def done(
-        self, state: ProxyState, alias: str, usage: tuple[int, int] | None, outcome: Outcome
-    ) -> None:
-        rails = self.checked.rails
-        if rails.post:
-            flags = [r for r in rails.post if r.spec.action == "flag"]
-            hits = [h for r in flags if (h := r.scan("".join(self.parts), "post_call")[1])]
-            _count_hits(state, hits)
+    async def done(self, state: ProxyState, outcome: Outcome) -> None:
+        _count_hits(state, self.checker.flags())
         lookup = self.checked.cache
         if lookup is not None and self.chunks is not None and lookup.may_write:
             completion = completed(self.chunks)
             if completion is not None:
-                await _cache_store(state, alias, lookup, completion, outcome)
+                body = orjson.dumps(completion)
+                dep = outcome.candidate.state.deployment.name
+                await _cache_store(state, lookup, completion, body, dep)
 
 
 async def _chat_with_policy(
@@ -670,7 +674,9 @@ async def _chat_with_policy(
     stream = data.get("stream") is True
     policy, rails, headers = checked.policy, checked.rails, checked.headers
     if policy.cache is not None:
-        checked.cache = lookup = await _cache_lookup(state, request, caller, alias, data, rails)
+        checked.cache = lookup = await _cache_lookup(
+            state, request, caller, alias, data, rails, policy.cache
+        )
         headers["x-llmops-cache"] = lookup.result
         if lookup.entry is not None:
             return _cached_answer(state, caller, alias, data, lookup, reservation, started, headers)
@@ -708,22 +714,17 @@ async def _chat_with_policy(
             _observe(state, alias, outcome.candidate.state.deployment.name, 400, started, outcome)
             end_llm_span(span, outcome=outcome, usage=usage, cost=cost, error=exc.message)
             raise blocked(exc) from None
-        if hits:
-            _count_hits(state, hits)
-            labels = [h.label for h in hits]
-            if "x-llmops-guardrails" in headers:
-                labels.insert(0, headers["x-llmops-guardrails"])
-            headers["x-llmops-guardrails"] = ",".join(labels)
+        _count_hits(state, hits, headers)
     end_llm_span(span, outcome=outcome, usage=usage, cost=cost)
+    dep = outcome.candidate.state.deployment.name
+    body = orjson.dumps(completion)
     if checked.cache is not None and checked.cache.may_write:
-        await _cache_store(state, alias, checked.cache, completion, outcome)
-    overhead = _observe(
-        state, alias, outcome.candidate.state.deployment.name, 200, started, outcome
-    )
+        await _cache_store(state, checked.cache, completion, body, dep)
+    overhead = _observe(state, alias, dep, 200, started, outcome)
     headers.update(_headers(outcome, overhead, cost))
     if stream:
         return _replay(completion, data, headers)
-    return Response(orjson.dumps(completion), media_type=JSON, headers=headers)
+    return Response(body, media_type=JSON, headers=headers)
 
 
 class _OutputInvalid(Exception):
@@ -747,14 +748,10 @@ async def _checked_completion(
     metric = state.metrics.structured
 
     async def attempt(cand: Candidate) -> dict[str, Any]:
-        dep = cand.state.deployment
-        body["model"] = dep.model
-        t = target(dep, cand.state.api_key, "chat/completions")
-        _, obj = await post_json(
-            state.session, t, orjson.dumps(body), dep.timeout_s, settings.connect_timeout_s
-        )
-        if not isinstance(obj.get("choices"), list):
-            raise UpstreamError("retry", "the upstream answer has no 'choices'")
+        _, obj = await call(
+            state.session, cand.state.deployment, cand.state.api_key, "chat/completions", body,
+            settings.connect_timeout_s,
+        )  # fmt: skip
         return obj
 
     upstream_s = 0.0
@@ -817,9 +814,8 @@ async def _cache_lookup(
     alias: str,
     data: dict[str, Any],
     rails: Rails,
+    options: CacheOptions,
 ) -> CacheLookup:
-    options = state.router.policies.by_alias[alias].cache
-    assert options is not None
     scope = cache_scope(caller)
     read, write = directives(request.headers.get("cache-control"))
     opt_in = request.headers.get("x-llmops-cache", "").strip().lower() == "force"
@@ -858,16 +854,14 @@ async def _cache_lookup(
 
 
 async def _cache_store(
-    state: ProxyState, alias: str, lookup: CacheLookup, completion: dict[str, Any], outcome: Outcome
+    state: ProxyState, lookup: CacheLookup, completion: dict[str, Any], body: bytes, dep: str
 ) -> None:
-    """Keep a fresh answer for its tenant; a cache failure never fails the request."""
+    """Keep a fresh answer (``body``: ``completion`` serialised) for its tenant; a cache
+    failure never fails the request."""
     options, key = lookup.options, lookup.key
     if options is None or key is None or not completion.get("choices"):
         return
-    body = orjson.dumps(completion)
-    entry = encode_entry(
-        lookup.scope, body, outcome.candidate.state.deployment.name, usage_of(completion)
-    )
+    entry = encode_entry(lookup.scope, body, dep, usage_of(completion))
     await state.cache.set(key, entry, options.ttl_s)
     if options.semantic is not None and lookup.vector is not None and lookup.data is not None:
         # The row points at the exact entry just written.
@@ -890,23 +884,17 @@ def _cached_answer(
     """A stored answer: no upstream call; charged only if the alias says ``charge_hits``."""
     entry, options = lookup.entry, lookup.options
     assert entry is not None and options is not None
-    tin, tout = entry.usage or (0, 0)
     cost = 0.0
     if options.charge_hits:
+        usage = entry.usage or (0, 0)
         dep = next(
             (d for d in state.router.catalog.deployments if d.name == entry.deployment), None
         )
-        cost = dep.cost(tin, tout) if dep is not None else 0.0
-        if not caller.admin:
-            state.spend.add(caller.id, alias, "cache", tin, tout, cost)
-            state.metrics.key_spend.labels(caller.id).inc(cost)
-    if reservation is not None:
-        charged = tin + tout if options.charge_hits else 0
-        state.limiter.settle(reservation, charged, to_nano(cost))
-        reservation.tracked = False
-    m = state.metrics
-    m.requests.labels(alias, "cache", "200").inc()
-    m.request_seconds.labels(alias).observe(time.perf_counter() - started)
+        cost = dep.cost(*usage) if dep is not None else 0.0
+        _charge(state, caller, alias, "cache", usage, cost, reservation)
+    else:
+        _refund(state, reservation)
+    _observe(state, alias, "cache", 200, started, None)
     headers.update(
         {
             "x-llmops-deployment": entry.deployment,

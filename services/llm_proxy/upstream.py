@@ -148,6 +148,28 @@ async def post_json(
     return data, parsed
 
 
+_PAYLOAD = {"chat/completions": "choices", "embeddings": "data"}
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    dep: Deployment,
+    api_key: str | None,
+    endpoint: str,
+    body: dict[str, Any],
+    connect_s: float,
+) -> tuple[bytes, dict[str, Any]]:
+    """One non-streaming call of ``body`` (its ``model`` set to the deployment's) to a
+    deployment; an answer without its payload list (``choices``, ``data``) is retried."""
+    body["model"] = dep.model
+    raw, obj = await post_json(
+        session, target(dep, api_key, endpoint), orjson.dumps(body), dep.timeout_s, connect_s
+    )
+    if not isinstance(obj.get(_PAYLOAD[endpoint]), list):
+        raise UpstreamError(RETRY, f"the upstream answer has no '{_PAYLOAD[endpoint]}'")
+    return raw, obj
+
+
 class Stream:
     """An open SSE response whose first event has been read and checked."""
 
