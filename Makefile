@@ -61,8 +61,17 @@ typecheck: $(STAMP)
 test: lint typecheck tools
 	$(BIN)/pytest
 
+# Every benchmark (about 35 min; on a quiet machine: docs/benchmarks.md), each last line kept in
+# .bench/results/, then the sizing table derived from them.
+BENCHES := embeddings retrieval proxy feedback rag
+bench: SHELL := /bin/bash
 bench: $(STAMP)
-	$(BIN)/python bench/embeddings.py
+	@deploy/tools/debs.sh bench
+	@mkdir -p .bench/results
+	set -o pipefail; for b in $(BENCHES); do \
+	  $(BIN)/python bench/$$b.py | tail -n 1 > .bench/results/$$b.json || exit 1; done
+	$(BIN)/python bench/sizing.py --rag .bench/results/rag.json \
+	  --retrieval .bench/results/retrieval.json --proxy .bench/results/proxy.json
 
 # The figures of docs/reliability.md (faults under load, fuzzing, hostile input, the soak),
 # run and written anew: about 5 min in short mode; LONG=1 for longer loads and a 10-min soak.

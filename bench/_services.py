@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -74,3 +76,31 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """What the benchmarks read of one process in ``/proc/PID/stat``."""
+
+    pid: int
+    comm: str
+    ppid: int
+    session: int
+    cpu_ticks: int  # utime + stime
+
+
+def processes() -> Iterator[ProcStat]:
+    """Every process still there while ``/proc`` is read (one that exits meanwhile is skipped)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                raw = fh.read()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        yield ProcStat(
+            int(entry.name), comm, int(fields[1]), int(fields[3]), int(fields[11]) + int(fields[12])
+        )

@@ -1,6 +1,7 @@
 """Feedback service: durable writes/s into PostgreSQL under 32 concurrent clients, p50/p99.
 
     .venv/bin/python bench/feedback.py [--duration 15] [--rounds 3] [--concurrency 32]
+                                       [--no-workers-series]
 
 What runs, all on this machine against the local PostgreSQL (127.0.0.1:5432, user postgres):
 
@@ -10,6 +11,13 @@ What runs, all on this machine against the local PostgreSQL (127.0.0.1:5432, use
   ``wrk -t1 -cN --latency`` POSTing ``/v1/interactions``, each request with a unique id
   (a Lua ``request()`` function and a counter). A write counts once the service answered
   201/200, which it does only after the row's transaction committed in PostgreSQL;
+* **ours, 2 workers** (``--workers-series``, the default): the same service started with
+  ``--workers 2``, same load. Each worker process has its own group-commit task, engine and
+  pool, spool segment (one file per pid, under one spool folder) and metrics files (the
+  ``PROMETHEUS_MULTIPROC_DIR`` the script gives it, summed by ``/metrics``). The workers
+  share one listening socket and the kernel spreads wrk's connections over them, not always
+  evenly (one worker may take all 32): each round records ``connections_per_worker``, counted
+  from /proc midway. What a second process on the same two cores buys;
 * anchor **no group commit**: the same service with ``FEEDBACK_MAX_BATCH=1``, one transaction
   per HTTP write, same load: what group commit buys;
 * anchor **pgbench**: PostgreSQL itself, no HTTP: ``pgbench -n -M prepared -c N -j 2`` running
@@ -50,11 +58,13 @@ from typing import Any
 
 import httpx
 import psycopg
-from _services import ROOT, free_port, stop_group
+from _services import ROOT, free_port, processes, stop_group
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 KEY = "sk-bench-feedback-" + secrets.token_urlsafe(16)
 TARGET_WRITES_PER_S = 1000
+# Summed over the rounds of a service target, as they are named in the last line.
+SUMMED = ("errors", "spooled_202", "acked", "rows_in_db", "acked_missing_in_db")
 BODY: dict[str, Any] = {
     "question": "What does the refund policy say about damaged items?",
     "answer": "Damaged items can be returned within 30 days for a full refund.",
@@ -66,7 +76,7 @@ BODY: dict[str, Any] = {
     "usage": {"prompt_tokens": 312, "completion_tokens": 18},
     "environment": "production",
 }
-TARGETS = ("ours", "no_group_commit", "pgbench")
+TARGETS = ("ours", "workers_2", "no_group_commit", "pgbench")
 
 
 def log(msg: str) -> None:
@@ -134,10 +144,14 @@ def pg_facts(db: str) -> dict[str, str]:
 class Service:
     """``llmops serve feedback`` as its own process, its output in a log file."""
 
-    def __init__(self, name: str, db: str, workdir: Path, extra: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, db: str, workdir: Path, extra: dict[str, str], workers: int = 1
+    ) -> None:
         self.name = name
+        self.workers = workers
+        self.port = 0
         self.log_path = workdir / f"{name}.log"
-        port = free_port()
+        port = self.port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         drop = ("FEEDBACK_", "LANGFUSE_", "LLMOPS_", "PROMETHEUS_", "OTEL_")
         env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
@@ -151,9 +165,15 @@ class Service:
             "FEEDBACK_LOG_LEVEL": "WARNING",
             **extra,
         }
+        if workers > 1:
+            # ``llmops serve`` would make one under TMPDIR and leave it there; this one goes
+            # with the work folder. Every worker writes its samples here, /metrics sums them.
+            prom = workdir / f"prometheus-{name}"
+            prom.mkdir()
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(prom)
         exe = ROOT / ".venv" / "bin" / "llmops"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "services.cli.main"]
-        cmd += ["serve", "feedback", "--port", str(port), "--workers", "1"]
+        cmd += ["serve", "feedback", "--port", str(port), "--workers", str(workers)]
         fh = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
@@ -164,12 +184,64 @@ class Service:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{name} exited with {self.proc.returncode}:\n{self.tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if (
+                    httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+                    and self._all_workers_up()
+                ):
                     log(f"{name} ready at {self.url}")
                     return
             time.sleep(0.2)
         self.stop()
         raise SystemExit(f"{name} not ready after 120 s:\n{self.tail()}")
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve: uvicorn's spawned workers, or the one process."""
+        if self.workers == 1:
+            return [self.proc.pid]
+        pids = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.proc.pid and b"multiprocessing.spawn" in cmdline:
+                pids.append(int(entry.name))
+        return sorted(pids)
+
+    def connections(self, remote_port: int | None = None) -> list[int]:
+        """Per worker, its established TCP connections: clients on the service's port, or (with
+        ``remote_port``) its own connections to that port (PostgreSQL's)."""
+        wanted: set[str] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as fh:
+                for line in fh.readlines()[1:]:
+                    f = line.split()
+                    local, remote = int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16)
+                    port_ok = remote == remote_port if remote_port else local == self.port
+                    if f[3] == "01" and port_ok:  # ESTABLISHED
+                        wanted.add(f[9])
+        out = []
+        for pid in self.worker_pids():
+            n = 0
+            with contextlib.suppress(OSError):
+                for fd in os.scandir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(fd.path)
+                        n += link.startswith("socket:[") and link[8:-1] in wanted
+            out.append(n)
+        return out
+
+    def _all_workers_up(self) -> bool:
+        """With several workers, /readyz may be answered by the first one up: wait until each
+        worker holds a PostgreSQL connection (its start-up opened one, kept in its pool)."""
+        if self.workers == 1:
+            return True
+        per_worker = self.connections(remote_port=int(str(PG["port"])))
+        return len(per_worker) == self.workers and all(per_worker)
 
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -237,19 +309,7 @@ class ForeignCPU:
     @staticmethod
     def _snapshot() -> dict[int, tuple[int, str, int]]:
         """pid -> (ppid, comm, utime + stime in ticks)."""
-        out = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as fh:
-                    raw = fh.read()
-            except OSError:
-                continue
-            comm = raw[raw.index("(") + 1 : raw.rindex(")")]
-            fields = raw[raw.rindex(")") + 2 :].split()
-            out[int(entry.name)] = (int(fields[1]), comm, int(fields[11]) + int(fields[12]))
-        return out
+        return {p.pid: (p.ppid, p.comm, p.cpu_ticks) for p in processes()}
 
     @staticmethod
     def _foreign(snap: dict[int, tuple[int, str, int]]) -> set[int]:
@@ -456,10 +516,13 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
 
 def measure(args: argparse.Namespace, db: str, workdir: Path) -> tuple[dict[str, Any], list[str]]:
     conc, seconds, rounds = args.concurrency, args.duration, args.rounds
+    targets = TARGETS if args.workers_series else tuple(t for t in TARGETS if t != "workers_2")
     failures: list[str] = []
     services: dict[str, Service] = {}
     try:
         services["ours"] = Service("ours", db, workdir, {})
+        if "workers_2" in targets:
+            services["workers_2"] = Service("workers_2", db, workdir, {}, workers=2)
         services["no_group_commit"] = Service(
             "no_group_commit", db, workdir, {"FEEDBACK_MAX_BATCH": "1"}
         )
@@ -473,11 +536,11 @@ def measure(args: argparse.Namespace, db: str, workdir: Path) -> tuple[dict[str,
             run_wrk(svc.url, f"warm-{name}", conc, args.warmup, workdir)
         run_pgbench(db, script, 0, conc, args.warmup, workdir)
 
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in TARGETS}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         batches: dict[str, list[float]] = {name: [0.0, 0.0] for name in services}
         for r in range(1, rounds + 1):
-            k = (r - 1) % len(TARGETS)
-            for name in TARGETS[k:] + TARGETS[:k]:
+            k = (r - 1) % len(targets)
+            for name in targets[k:] + targets[:k]:
                 foreign = ForeignCPU()
                 if name == "pgbench":
                     with foreign:
@@ -490,8 +553,17 @@ def measure(args: argparse.Namespace, db: str, workdir: Path) -> tuple[dict[str,
                     svc = services[name]
                     before = svc.batch_totals()
                     tag = f"r{r}-{name}"
+                    spread: list[list[int]] = []  # wrk's connections per worker, mid-run
+                    sampler = threading.Timer(
+                        seconds / 2, lambda s=svc, out=spread: out.append(s.connections())
+                    )
+                    if svc.workers > 1:
+                        sampler.start()
                     with foreign:
                         res = run_wrk(svc.url, tag, conc, seconds, workdir)
+                    sampler.cancel()
+                    if svc.workers > 1:
+                        res["connections_per_worker"] = spread[0] if spread else None
                     time.sleep(0.5)  # requests cut off by wrk's stop may still be committing
                     after = svc.batch_totals()
                     ops, tx = after[0] - before[0], after[1] - before[1]
@@ -526,49 +598,58 @@ def measure(args: argparse.Namespace, db: str, workdir: Path) -> tuple[dict[str,
                         if "acked" in res
                         else ""
                     )
+                    + (
+                        f"  connections per worker {res['connections_per_worker']}"
+                        if "connections_per_worker" in res
+                        else ""
+                    )
                 )
     finally:
         for svc in services.values():
             svc.stop()
 
     ours, nogc, pgb = runs["ours"], runs["no_group_commit"], runs["pgbench"]
+    two = runs.get("workers_2", [])
     writes = median(ours, "writes_per_s")
+
+    def avg_batch(name: str) -> float | None:
+        ops, tx = batches[name]
+        return round(ops / tx, 2) if tx else None
+
+    def service(rows: list[dict[str, Any]], name: str, key: str) -> dict[str, Any]:
+        """A service target's figures, each key named by ``key`` (``{}`` for the figure)."""
+        return {
+            key.format("writes_per_s"): median(rows, "writes_per_s"),
+            key.format("latency_ms_p50"): median(rows, "latency_ms_p50"),
+            key.format("latency_ms_p99"): median(rows, "latency_ms_p99"),
+            **{key.format(f): sum(x[f] for x in rows) for f in SUMMED},
+            key.format("avg_batch"): avg_batch(name),
+        }
+
     result: dict[str, Any] = {
-        "writes_per_s": writes,
-        "latency_ms_p50": median(ours, "latency_ms_p50"),
-        "latency_ms_p99": median(ours, "latency_ms_p99"),
-        "errors": sum(x["errors"] for x in ours),
-        "spooled_202": sum(x["spooled_202"] for x in ours),
-        "acked": sum(x["acked"] for x in ours),
-        "rows_in_db": sum(x["rows_in_db"] for x in ours),
-        "acked_missing_in_db": sum(x["acked_missing_in_db"] for x in ours),
+        **service(ours, "ours", "{}"),
         "durable": not failures,
         "target_writes_per_s": TARGET_WRITES_PER_S,
         "met_target": writes >= TARGET_WRITES_PER_S,
-        "avg_batch": round(batches["ours"][0] / batches["ours"][1], 2)
-        if batches["ours"][1]
-        else None,
-        "no_group_commit_writes_per_s": median(nogc, "writes_per_s"),
-        "no_group_commit_latency_ms_p50": median(nogc, "latency_ms_p50"),
-        "no_group_commit_latency_ms_p99": median(nogc, "latency_ms_p99"),
-        "no_group_commit_errors": sum(x["errors"] for x in nogc),
-        "no_group_commit_acked": sum(x["acked"] for x in nogc),
-        "no_group_commit_rows_in_db": sum(x["rows_in_db"] for x in nogc),
-        "no_group_commit_acked_missing_in_db": sum(x["acked_missing_in_db"] for x in nogc),
-        "no_group_commit_avg_batch": round(
-            batches["no_group_commit"][0] / batches["no_group_commit"][1], 2
-        )
-        if batches["no_group_commit"][1]
-        else None,
+        **service(nogc, "no_group_commit", "no_group_commit_{}"),
         "pgbench_tps": median(pgb, "writes_per_s"),
         "pgbench_latency_ms_p50": median(pgb, "latency_ms_p50"),
         "pgbench_latency_ms_p99": median(pgb, "latency_ms_p99"),
         "pgbench_errors": sum(x["errors"] for x in pgb),
         "ratio_vs_no_group_commit": round(writes / median(nogc, "writes_per_s"), 2),
         "ratio_vs_pgbench": round(writes / median(pgb, "writes_per_s"), 2),
-        "foreign_cpu_s_max": max(x["foreign_cpu_s"] for x in ours + nogc + pgb),
-        "rounds": [x for r in range(rounds) for x in (ours[r], nogc[r], pgb[r])],
+        "workers_series": bool(two),
     }
+    if two:
+        result |= service(two, "workers_2", "{}_workers_2")
+        result["writes_workers_2_over_1"] = round(result["writes_per_s_workers_2"] / writes, 2)
+        # How the kernel spread wrk's 32 connections over the two workers, per round (sampled
+        # mid-run): one worker may get them all, then the second one idles.
+        result["connections_per_worker_workers_2"] = [x.get("connections_per_worker") for x in two]
+    result["foreign_cpu_s_max"] = max(x["foreign_cpu_s"] for x in ours + two + nogc + pgb)
+    result["rounds"] = [
+        x for r in range(rounds) for x in (ours[r], *two[r : r + 1], nogc[r], pgb[r])
+    ]
     return result, failures
 
 
@@ -579,6 +660,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per target")
     parser.add_argument("--keep-db", action="store_true", help="don't drop the database")
+    parser.add_argument(
+        "--workers-series",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the service with --workers 2 (in the same rounds)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "pgbench"):
         if shutil.which(tool) is None:

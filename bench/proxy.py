@@ -214,8 +214,9 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS of ``pid`` or, if it has children (a server wrapper), of its largest descendant."""
+def rss_kb(pid: int, total: bool = False) -> int:
+    """VmRSS of ``pid`` or, if it has children (a server wrapper), of its largest descendant;
+    with ``total``, of the whole tree (a server with several worker processes)."""
 
     def children(p: int) -> list[int]:
         out = []
@@ -236,7 +237,8 @@ def rss_kb(pid: int) -> int:
         seen.append(p)
         with contextlib.suppress(OSError):
             todo += children(p)
-    return max(vmrss(p) for p in seen)
+    sizes = [vmrss(p) for p in seen]
+    return sum(sizes) if total else max(sizes)
 
 
 # ----------------------------------------------------------------------------- servers
@@ -298,6 +300,13 @@ class Servers:
         log(f"litellm ready at {self.litellm_url}")
 
     def start_ours(self) -> None:
+        proc, url, key = self.launch_ours(1, self.proxy_cpus, "ours")
+        self.ours_proc, self.ours_url, self.ours_key = proc, url, key
+
+    def launch_ours(
+        self, workers: int, cpus: set[int] | None, name: str
+    ) -> tuple[subprocess.Popen[bytes], str, str]:
+        """Our proxy with ``workers`` uvicorn workers, its own key store, one virtual key."""
         port = free_port()
         cfg = self.workdir / "routing.yaml"
         cfg.write_text(
@@ -354,20 +363,19 @@ class Servers:
             "ENV": "dev",
             "LLM_PROXY_MASTER_KEY": master,
             "LLM_PROXY_CONFIG_PATH": str(cfg),
-            "LLM_PROXY_DATABASE_URL": f"sqlite:///{self.workdir}/proxy.db",
+            "LLM_PROXY_DATABASE_URL": f"sqlite:///{self.workdir}/{name}.db",
             "LLM_PROXY_REDIS_URL": "redis://127.0.0.1:6379/15",
             "FAKE_UPSTREAM_KEY": "fake",
         }
         exe = str(ROOT / ".venv" / "bin" / "llmops")
         if not Path(exe).exists():
             exe = shutil.which("llmops") or exe
-        cmd = [exe, "serve", "llm-proxy", "--port", str(port), "--workers", "1"]
-        log_path = self.workdir / "ours.log"
-        proc = spawn(cmd, env, log_path, self.proxy_cpus)
+        cmd = [exe, "serve", "llm-proxy", "--port", str(port), "--workers", str(workers)]
+        log_path = self.workdir / f"{name}.log"
+        proc = spawn(cmd, env, log_path, cpus)
         self.procs.append(proc)
-        self.ours_proc = proc
-        self.ours_url = f"http://127.0.0.1:{port}"
-        wait_ready(f"{self.ours_url}/readyz", proc, log_path, 120)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/readyz", proc, log_path, 120)
         body = {
             "name": "bench",
             "aliases": ["fake", "guarded", "cached", "routed"],
@@ -376,15 +384,15 @@ class Servers:
             "max_budget_usd": 1_000_000,
         }
         resp = httpx.post(
-            f"{self.ours_url}/admin/keys",
+            f"{url}/admin/keys",
             json=body,
             headers={"Authorization": f"Bearer {master}"},
             timeout=10,
         )
         if resp.status_code != 201:
             raise SystemExit(f"POST /admin/keys -> {resp.status_code}: {resp.text[:500]}")
-        self.ours_key = resp.json()["key"]
-        log(f"our proxy ready at {self.ours_url} (virtual key created)")
+        log(f"{name}: our proxy ({workers} worker(s)) ready at {url} (virtual key created)")
+        return proc, url, str(resp.json()["key"])
 
     # Targets: (chat completions URL, headers, model name).
     def direct(self) -> tuple[str, dict[str, str], str]:
@@ -561,6 +569,93 @@ def guarded_vs_cached(
     log(f"  routed: +{result['overhead_ms_p50_routed']} ms p50")
 
 
+def ratio(a: float | None, b: float | None, digits: int = 4) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def grow_rss(
+    target: tuple[str, dict[str, str], str],
+    pid: int,
+    requests: int,
+    rate: float,
+    conc: int,
+    workdir: Path,
+    cpus: set[int] | None,
+    total: bool,
+) -> dict[str, Any]:
+    """RSS of ``pid`` (its whole tree with ``total``) before and after ``requests`` requests,
+    sent by wrk in chunks of at most 20 s."""
+    before = rss_kb(pid, total)
+    done, elapsed, samples = 0, 0.0, [round(before / 1024, 1)]
+    while done < requests:
+        seconds = min(20.0, max(1.0, (requests - done) / rate))
+        res = wrk(target, connections=conc, seconds=seconds, workdir=workdir, cpus=cpus)
+        done += res["requests"]
+        elapsed += res["duration_us"] / 1e6
+        rate = max(res["rps"], 1.0)
+        samples.append(round(rss_kb(pid, total) / 1024, 1))
+        log(f"  {done} requests, RSS {samples[-1]} MB")
+    time.sleep(1.0)
+    after = rss_kb(pid, total)
+    return {
+        "before_mb": round(before / 1024, 1),
+        "after_mb": round(after / 1024, 1),
+        "growth_mb": round((after - before) / 1024, 2),
+        "samples": samples,
+        "requests": done,
+        "rps": round(done / elapsed, 1),
+    }
+
+
+def workers_series(
+    srv: Servers,
+    result: dict[str, Any],
+    duration: float,
+    rounds: int,
+    conc: int,
+    rss_requests: int,
+    workdir: Path,
+) -> None:
+    """Requests/s of our proxy with 1 and 2 uvicorn workers, nothing pinned (a 2-worker proxy
+    needs both cores, which it shares with wrk and the fake upstream here), interleaved rounds,
+    medians; then the 2-worker proxy's RSS (all its processes) over ``rss_requests``."""
+    instances = {}
+    for workers in (1, 2):
+        proc, url, key = srv.launch_ours(workers, None, f"ours-w{workers}")
+        target = (f"{url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}, "fake")
+        smoke(f"ours-w{workers}", target, srv.fake_url)
+        instances[workers] = (proc, target)
+        wrk(target, connections=conc, seconds=2, workdir=workdir, cpus=None)
+    runs: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(rounds):
+        for workers in (1, 2) if r % 2 == 0 else (2, 1):
+            try:
+                res = wrk(
+                    instances[workers][1], connections=conc, seconds=duration,
+                    workdir=workdir, cpus=None,
+                )  # fmt: skip
+            except SystemExit:
+                log((workdir / f"ours-w{workers}.log").read_text(errors="replace")[-4000:])
+                raise
+            runs[workers].append(res["rps"])
+            log(f"round {r + 1}/{rounds} ours, {workers} worker(s), unpinned: {res['rps']} req/s "
+                f"p99 {res['p99_us'] / 1000:.1f} ms errors {res['errors']}")  # fmt: skip
+    one, two = statistics.median(runs[1]), statistics.median(runs[2])
+    result["rps_workers_1"] = one
+    result["rps_workers_2"] = two
+    result["rps_workers_2_over_1"] = ratio(two, one, 2)
+    result["workers_runs"] = {str(k): v for k, v in runs.items()}
+    terminate(instances[1][0])
+    log(f"RSS phase, 2 workers: {rss_requests} requests")
+    grown = grow_rss(
+        instances[2][1], instances[2][0].pid, rss_requests, two, conc, workdir, None, True
+    )
+    key = "rss_growth_mb_100k_workers_2" if rss_requests >= 100_000 else "rss_growth_mb_quick_w2"
+    result[key] = grown["growth_mb"]
+    result["rss_workers_2"] = grown
+    terminate(instances[2][0])
+
+
 def added(res: dict[str, Any], q: str) -> float:
     return round(res["proxy_ms"][q] - res["direct_ms"][q], 3)
 
@@ -594,6 +689,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=None, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument(
+        "--workers-series",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure our proxy with 1 and 2 workers, unpinned (default: on)",
+    )
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -747,38 +848,40 @@ def run(
         result["litellm_stream_ttft_added_ms_p50"] = added(ttft, "p50")
         result["ttft_litellm"] = ttft
         log(f"  litellm TTFT: +{result['litellm_stream_ttft_added_ms_p50']} ms p50")
+    if "ours" in targets and "litellm" in targets:
+        # Target: ours <= 1/25 of LiteLLM's, i.e. a ratio <= 0.04.
+        result["overhead_ratio_vs_litellm"] = ratio(
+            result["overhead_ms_p50"], result["litellm_overhead_ms_p50"]
+        )
+        result["ttft_ratio_vs_litellm"] = ratio(
+            result["stream_ttft_added_ms_p50"], result["litellm_stream_ttft_added_ms_p50"]
+        )
+        log(f"  added latency ratio ours/LiteLLM: {result['overhead_ratio_vs_litellm']} "
+            f"(TTFT {result['ttft_ratio_vs_litellm']})")  # fmt: skip
+    if "ours" in targets:
+        result["overhead_p99_over_p50"] = ratio(
+            result["overhead_ms_p99"], result["overhead_ms_p50"], 2
+        )
 
     # Memory: our proxy's RSS before and after many requests (wrk in chunks until N are done).
     if "ours" in targets and srv.ours_proc is not None:
-        pid = srv.ours_proc.pid
-        before = rss_kb(pid)
-        log(f"RSS phase: {rss_requests} requests to ours (RSS before {before / 1024:.1f} MB)")
-        done = 0
-        elapsed = 0.0
-        samples = [round(before / 1024, 1)]
+        log(f"RSS phase: {rss_requests} requests to ours")
         rate = max(result["rps_ours"] or 100.0, 1.0)
-        while done < rss_requests:
-            seconds = min(20.0, max(1.0, (rss_requests - done) / rate))
-            res = wrk(
-                targets["ours"], connections=conc, seconds=seconds, workdir=workdir, cpus=gen_cpus
-            )
-            done += res["requests"]
-            elapsed += res["duration_us"] / 1e6
-            rate = max(res["rps"], 1.0)
-            samples.append(round(rss_kb(pid) / 1024, 1))
-            log(f"  {done} requests, RSS {samples[-1]} MB")
-        time.sleep(1.0)
-        after = rss_kb(pid)
-        growth = round((after - before) / 1024, 2)
+        grown = grow_rss(
+            targets["ours"], srv.ours_proc.pid, rss_requests, rate, conc, workdir, gen_cpus, False
+        )
+        growth = grown["growth_mb"]
         result["rss_growth_mb_100k"] = growth if rss_requests >= 100_000 else None
         if rss_requests < 100_000:
             result["rss_growth_mb_quick"] = growth
-        result["rss_mb_before"] = round(before / 1024, 1)
-        result["rss_mb_after"] = round(after / 1024, 1)
-        result["rss_mb_samples"] = samples
-        result["rss_requests"] = done
-        result["rss_phase_rps"] = round(done / elapsed, 1)
-        log(f"  RSS after {done} requests: {after / 1024:.1f} MB (+{growth} MB)")
+        result["rss_mb_before"] = grown["before_mb"]
+        result["rss_mb_after"] = grown["after_mb"]
+        result["rss_mb_samples"] = grown["samples"]
+        result["rss_requests"] = grown["requests"]
+        result["rss_phase_rps"] = grown["rps"]
+        log(f"  RSS after {grown['requests']} requests: {grown['after_mb']} MB (+{growth} MB)")
+    if "ours" in targets and args.workers_series:
+        workers_series(srv, result, duration, rounds, conc, rss_requests, workdir)
     stats = httpx.get(f"{srv.fake_url}/_stats", timeout=5).json()
     result["upstream_requests"] = stats["requests"]
     result["quick"] = quick

@@ -1,14 +1,15 @@
 """RAG service: the platform's overhead on ``POST /v1/ask``, beside the bare model calls.
 
-    .venv/bin/python bench/rag.py      # about 2 minutes on a quiet 2-core machine
+    .venv/bin/python bench/rag.py      # about 3 minutes on a quiet 2-core machine
         [--asks 400] [--warmup 40] [--fake-latency-ms 50] [--vector-searches 100]
-        [--embeddings-max-wait-ms MS]     # default: the embeddings service's own (5 ms)
+        [--embeddings-max-wait-ms MS]     # default: the embeddings service's own (0 ms)
+        [--concurrency-duration 15] [--concurrency-warmup 2] [--no-concurrency]
 
 What runs, all on this machine, every service as its own process (``llmops serve NAME``, one
 worker, ENV=dev since they all share this machine, API-key auth, metrics and JSON access log on,
 no trace exporter):
 
-* the embeddings service (all-MiniLM-L6-v2, torch backend);
+* the embeddings service (all-MiniLM-L6-v2, the default ONNX backend);
 * retrieval on local Qdrant, with a collection ingested through it: the tests' three handbook
   pages plus this repository's README.md and docs/benchmarks.md, chunked at the defaults;
 * the fake OpenAI-compatible upstream (``tests/fakes/openai_upstream.py --latency-ms 50``),
@@ -37,9 +38,28 @@ every iteration): the same question embedded by ``POST /v1/embeddings`` on the e
 (the body retrieval sends), then the same chat completion posted straight to the fake upstream
 (the body the proxy sent it for that question, captured during the warm-up).
 
+Each measured ask's ``Server-Timing`` header is read too: its ``total`` is rag's pipeline total,
+the same measurement as ``llmops_rag_stage_seconds{stage="total"}``, so
+``server_timing_ms_p50`` and ``rag_pipeline_total_ms_p50`` agree (each stage within the
+header's 0.05 ms rounding: ``server_timing_vs_pipeline_ms_max``).
+
+**Throughput**, after that (``--no-concurrency`` skips it): at concurrency 1, 4 and 16, as many
+clients (threads of this script, each on its own keep-alive connection) ask in a loop, no pause,
+for ``--concurrency-warmup`` then ``--concurrency-duration`` seconds; asks/s and the latency
+percentiles are those of the asks completed in the measured window. Between two snapshots at
+the window's ends: each service's CPU time (utime + stime in /proc of every process of its
+session) as a fraction of one core, this client's own, the machine's busy share, and the
+services' metrics (rag's stage means, the embeddings batch size and forward passes/s, the
+proxy's and retrieval's times); sampled every 0.5 s in the window: the embeddings queue depth,
+requests in flight per service, rag's outbox depth. ``saturates_first`` is the first service
+at >= 90% of a core, lowest concurrency first; when none gets there (on 2 cores the machine
+as a whole may fill up first: ``machine_busy``), the busiest one at concurrency 16, and
+``saturates_first_why`` says which case it is.
+
 Progress goes to stderr; the last line on stdout is one JSON object. Target: overhead <= 15 ms
 at p50 (``met_target``). Other processes' CPU time during the measured asks is recorded
-(``foreign_cpu_s``, per quarter of the run) to tell a disturbed run from a slow one.
+(``foreign_cpu_s``, per quarter of the run, and per concurrency level) to tell a disturbed run
+from a slow one.
 """
 
 from __future__ import annotations
@@ -56,6 +76,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +85,7 @@ from typing import Any
 import httpx
 import psycopg
 import yaml
-from _services import ROOT, free_port, stop_group
+from _services import ROOT, free_port, processes, stop_group
 from feedback import ForeignCPU
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -149,9 +170,9 @@ REPORTED = (
 # Where the overhead goes: consecutive slices of one ask that add up to its overhead exactly.
 SLICES: dict[str, str] = {
     "rag_http_layer": "client wall time - rag's pipeline total (client, loopback, uvicorn, rag's "
-    "middleware, auth, request validation, response JSON)",
+    "middleware, auth, request validation, the outbox's fsync, response JSON)",
     "rag_pipeline_own": "rag pipeline total - its retrieval, prompt and llm stages (context "
-    "numbering, rendering, citations, metrics, outbox)",
+    "numbering, rendering, citations, metrics)",
     "rag_prompt_stage": "rag's prompt stage (bundled prompt: no registry call)",
     "rag_to_retrieval_hop": "rag's retrieval stage - retrieval's search handler time (client, "
     "HTTP, retrieval's middleware and auth)",
@@ -370,6 +391,7 @@ class Conn:
         host, port = url.removeprefix("http://").split(":")
         self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
         self.headers = {"Content-Type": "application/json", **headers}
+        self.server_timing: str | None = None  # the last answer's Server-Timing header
 
     def post(self, path: str, body: bytes) -> tuple[float, int, bytes]:
         """(wall milliseconds, status, body)."""
@@ -377,7 +399,23 @@ class Conn:
         self.conn.request("POST", path, body=body, headers=self.headers)
         resp = self.conn.getresponse()
         data = resp.read()
-        return (time.perf_counter() - start) * 1000.0, resp.status, data
+        ms = (time.perf_counter() - start) * 1000.0
+        self.server_timing = resp.getheader("server-timing")
+        return ms, resp.status, data
+
+
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    """``retrieval;dur=12.3, prompt;dur=0.0, ...`` -> {name: ms} (W3C Server Timing, dur only)."""
+    if not header:
+        raise SystemExit("/v1/ask answered without a Server-Timing header")
+    out: dict[str, float] = {}
+    for entry in header.split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "dur":
+                out[name] = float(value)
+    return out
 
 
 class Scraper:
@@ -488,6 +526,13 @@ def run(args: argparse.Namespace, p: Platform) -> dict[str, Any]:
             after = scraper.scrape()
             row |= deltas(before, after)
             row["rag_latency_ms"] = float(data["latency_ms"])
+            # The answer's own Server-Timing (ms to 0.1): the same figures as the metric's.
+            timing = parse_server_timing(rag.server_timing)
+            row["st_total"] = timing["total"]
+            row["st_check"] = max(
+                abs(timing[stage] - row[f"rag_{stage}"])
+                for stage in ("retrieval", "prompt", "llm", "total")
+            )
 
         def bare(row: dict[str, float] = row, q: str = q) -> None:
             before = scraper.scrape(("embeddings",))
@@ -597,10 +642,270 @@ def run(args: argparse.Namespace, p: Platform) -> dict[str, Any]:
             for s in SLICES
         },
         "slice_check_ms_max": round(max(abs(x) for x in col["slice_check"]), 6),
+        # The Server-Timing header's total beside rag's pipeline total (its stage metric):
+        # the same measurement, so they agree up to the header's rounding (0.05 ms).
+        "server_timing_ms_p50": summary(col["st_total"])["p50"],
+        "rag_pipeline_total_ms_p50": summary(col["rag_total"])["p50"],
+        "server_timing_vs_pipeline_ms_max": round(max(col["st_check"]), 3),
     }
     for a in anomalies[:10]:
         log(f"anomaly: {a}")
     return result
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+LEVELS = (1, 4, 16)
+CONCURRENCY_KEYS = (
+    "asks_per_s_c1", "asks_per_s_c4", "asks_per_s_c16", "ask_ms_p50_c16", "ask_ms_p99_c16",
+    "cpu_util_c16", "cpu_ms_per_ask_c16", "saturates_first",
+)  # fmt: skip
+SATURATED = 0.9  # a process at this fraction of one core (or more) is taken as saturated
+SCRAPED_ALL = ("embeddings", "retrieval", "proxy", "feedback", "rag")  # those with /metrics
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu(sessions: dict[int, str]) -> dict[str, float]:
+    """CPU seconds (utime + stime, /proc/PID/stat) of every process in each service's session
+    (each service was started in a session of its own: its workers and threads included)."""
+    out = dict.fromkeys(sessions.values(), 0.0)
+    for proc in processes():
+        name = sessions.get(proc.session)
+        if name is not None:
+            out[name] += proc.cpu_ticks / TICK
+    return out
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:9]]
+    return values[0] + values[1] + values[2] + sum(values[5:8]), sum(values)
+
+
+def samples(text: str) -> dict[str, float]:
+    """Every ``llmops_`` sample of a /metrics page: ``name{labels}`` -> value."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("llmops_"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+class Snapshot:
+    """Clock, CPU seconds per service (and this client), the machine's jiffies and every
+    service's metric samples, at one moment of a level."""
+
+    def __init__(self, sessions: dict[int, str], clients: dict[str, httpx.Client]) -> None:
+        self.t = time.perf_counter()
+        self.cpu = session_cpu(sessions)
+        own = os.times()
+        self.cpu["client"] = own.user + own.system
+        self.jiffies = machine_jiffies()
+        self.metrics = {s: samples(c.get("/metrics").text) for s, c in clients.items()}
+
+
+def level_run(
+    p: Platform, n: int, warmup_s: float, duration_s: float, clients: dict[str, httpx.Client]
+) -> dict[str, Any]:
+    """``n`` clients, each on its own keep-alive connection, asking in a loop (the questions
+    in turn, no pause) for ``warmup_s`` then ``duration_s``; the figures are those of the
+    measured window alone (asks completed in it; CPU and metrics between its two snapshots)."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    bodies = [json.dumps({"question": q}).encode() for q in QUESTIONS]
+    done: list[tuple[float, float, bool]] = []  # (completed at, wall ms, answered well)
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        conn = Conn(p.urls["rag"], auth)
+        i = k
+        while not stop.is_set():
+            body = bodies[i % len(bodies)]
+            i += 1
+            try:
+                ms, status, raw = conn.post("/v1/ask", body)
+                ok = status == 200 and not json.loads(raw)["degraded"]
+            except (OSError, http.client.HTTPException, ValueError, KeyError):
+                ms, ok = 0.0, False
+                conn = Conn(p.urls["rag"], auth)
+            done.append((time.perf_counter(), ms, ok))
+
+    # Sampled gauges during the window: the embeddings queue, requests in flight (less the
+    # scrape itself), rag's outbox depth.
+    gauges: dict[str, list[float]] = {}
+    window = threading.Event()
+
+    def sampler() -> None:
+        own = {s: httpx.Client(base_url=p.urls[s], timeout=10) for s in SCRAPED_ALL}
+        while not stop.wait(0.5):
+            if not window.is_set():
+                continue
+            for service, c in own.items():
+                m = samples(c.get("/metrics").text)
+                gauges.setdefault(f"in_flight:{service}", []).append(
+                    m.get("llmops_http_requests_in_flight", 1.0) - 1
+                )
+                if service == "embeddings" and "llmops_embeddings_queue_depth" in m:
+                    gauges.setdefault("emb_queue", []).append(m["llmops_embeddings_queue_depth"])
+                if service == "rag":
+                    gauges.setdefault("outbox", []).append(m.get("llmops_rag_outbox_depth", 0))
+        for c in own.values():
+            c.close()
+
+    # CPU by the names SERIES and Platform.urls use ("proxy" for the llm-proxy service).
+    sessions = {proc.proc.pid: {"llm-proxy": "proxy"}.get(proc.name, proc.name) for proc in p.procs}
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(n)]
+    threads.append(threading.Thread(target=sampler, daemon=True))
+    with ForeignCPU() as foreign:
+        for t in threads:
+            t.start()
+        time.sleep(warmup_s)
+        a = Snapshot(sessions, clients)
+        window.set()
+        time.sleep(duration_s)
+        b = Snapshot(sessions, clients)
+        stop.set()
+        for t in threads:
+            t.join()
+    seconds = b.t - a.t
+    measured = [(ms, ok) for at, ms, ok in done if a.t <= at <= b.t]
+    wall = [ms for ms, ok in measured if ok]
+    asks = len(wall)
+
+    def delta(service: str, key: str) -> float:
+        return b.metrics[service].get(key, 0.0) - a.metrics[service].get(key, 0.0)
+
+    def mean_ms(service: str, name: str, labels: str = "") -> float | None:
+        count = delta(service, f"{name}_count{labels}")
+        return round(delta(service, f"{name}_sum{labels}") / count * 1000, 3) if count else None
+
+    cpu = {s: round((b.cpu[s] - a.cpu[s]) / seconds, 3) for s in a.cpu}
+    busy = b.jiffies[0] - a.jiffies[0]
+    total = b.jiffies[1] - a.jiffies[1]
+    passes = delta("embeddings", "llmops_embeddings_batch_size_count")
+    texts = delta("embeddings", "llmops_embeddings_batch_size_sum")
+
+    def gauge(name: str) -> dict[str, float] | None:
+        values = gauges.get(name)
+        if not values:
+            return None
+        return {"mean": round(sum(values) / len(values), 2), "max": max(values)}
+
+    stages = ("retrieval", "prompt", "llm", "total")
+    return {
+        "concurrency": n,
+        "seconds": round(seconds, 2),
+        "asks": asks,
+        "errors": len(measured) - asks,
+        "asks_per_s": round(asks / seconds, 2),
+        "ask_ms": summary(wall) if wall else None,
+        "cpu_util": cpu,  # fraction of one core, per service (and this client)
+        "cpu_ms_per_ask": {
+            s: round(u * 1000 / (asks / seconds), 3) if asks else None for s, u in cpu.items()
+        },
+        "machine_busy": round(busy / total, 3) if total else None,  # fraction of all cores
+        "foreign_cpu_s": round(foreign.seconds, 1),
+        "rag_stage_ms_mean": {
+            s: mean_ms("rag", "llmops_rag_stage_seconds", f'{{stage="{s}"}}') for s in stages
+        },
+        "rag_http_ms_mean": mean_ms(*SERIES["rag_http"]),
+        "retrieval_search_ms_mean": mean_ms(*SERIES["ret_search"]),
+        "proxy_request_ms_mean": mean_ms(*SERIES["proxy_request"]),
+        "proxy_upstream_ms_mean": mean_ms(*SERIES["proxy_upstream"]),
+        "embeddings": {
+            "forward_passes_per_s": round(passes / seconds, 2),
+            "batch_size_mean": round(texts / passes, 2) if passes else None,
+            "inference_ms_mean": mean_ms("embeddings", "llmops_embeddings_inference_seconds"),
+            "queue_depth": gauge("emb_queue"),
+            "rejected": delta("embeddings", "llmops_embeddings_queue_rejections_total"),
+        },
+        "in_flight": {s: gauge(f"in_flight:{s}") for s in clients},
+        "rag_outbox_depth": gauge("outbox"),
+        "ok_asks_all": sum(1 for _, _, ok in done if ok),  # warm-up and tail too: the outbox
+    }
+
+
+def saturation(levels: list[dict[str, Any]]) -> tuple[str, int | None, str]:
+    """(service, concurrency, why): the first service at >= SATURATED of a core, the lowest
+    level first (the busiest of several); when none gets there, the busiest at the top level.
+    This client is left out (it is not the platform), but said when it is the one."""
+    for lv in levels:
+        hot = {s: u for s, u in lv["cpu_util"].items() if s != "client" and u >= SATURATED}
+        if hot:
+            name = max(hot, key=hot.__getitem__)
+            return name, lv["concurrency"], f"{hot[name]:.2f} of a core at c{lv['concurrency']}"
+    top = levels[-1]
+    util = {s: u for s, u in top["cpu_util"].items() if s != "client"}
+    name = max(util, key=util.__getitem__)
+    why = (
+        f"no process reached {SATURATED:.0%} of a core; the busiest at c{top['concurrency']} "
+        f"({util[name]:.2f} of a core), the machine {top['machine_busy']:.0%} busy over "
+        f"{os.cpu_count()} cores"
+    )
+    return name, None, why
+
+
+def concurrency(args: argparse.Namespace, p: Platform, delivered_before: int) -> dict[str, Any]:
+    clients = {s: httpx.Client(base_url=p.urls[s], timeout=10) for s in SCRAPED_ALL}
+    levels: list[dict[str, Any]] = []
+    ok_asks = 0
+    try:
+        for n in LEVELS:
+            drained(clients["rag"])  # the last level's outbox backlog, not this level's load
+            log(f"concurrency {n}: {args.concurrency_duration} s of asks (after "
+                f"{args.concurrency_warmup} s of warm-up)")  # fmt: skip
+            lv = level_run(p, n, args.concurrency_warmup, args.concurrency_duration, clients)
+            ok_asks += lv.pop("ok_asks_all")
+            levels.append(lv)
+            busiest = sorted(lv["cpu_util"].items(), key=lambda kv: -kv[1])[:3]
+            log(
+                f"  {lv['asks_per_s']} asks/s, p50 {lv['ask_ms']['p50'] if lv['ask_ms'] else '-'}"
+                f" ms, p99 {lv['ask_ms']['p99'] if lv['ask_ms'] else '-'} ms, errors "
+                f"{lv['errors']}; CPU (of a core) "
+                + ", ".join(f"{s} {u:.2f}" for s, u in busiest)
+                + f"; machine {lv['machine_busy']:.0%} busy"
+            )
+        sent = drained(clients["rag"], expected=delivered_before + ok_asks)
+    finally:
+        for c in clients.values():
+            c.close()
+    name, at, why = saturation(levels)
+    log(f"saturates first: {name} ({why})")
+    by = {lv["concurrency"]: lv for lv in levels}
+    c16 = by[16]
+    return {
+        "asks_per_s_c1": by[1]["asks_per_s"],
+        "asks_per_s_c4": by[4]["asks_per_s"],
+        "asks_per_s_c16": c16["asks_per_s"],
+        "ask_ms_p50_c16": c16["ask_ms"]["p50"] if c16["ask_ms"] else None,
+        "ask_ms_p99_c16": c16["ask_ms"]["p99"] if c16["ask_ms"] else None,
+        "cpu_util_c16": c16["cpu_util"],
+        "cpu_ms_per_ask_c16": c16["cpu_ms_per_ask"],  # what bench/sizing.py sizes from
+        "saturates_first": name,
+        "saturates_first_at": at,
+        "saturates_first_why": why,
+        "concurrency_errors": sum(lv["errors"] for lv in levels),
+        "concurrency_outbox_delivered": int(sent - delivered_before),
+        "concurrency_outbox_expected": ok_asks,
+        "concurrency_duration_s": args.concurrency_duration,
+        "concurrency_levels": levels,
+    }
+
+
+def drained(rag: httpx.Client, expected: float | None = None, timeout: float = 60) -> float:
+    """Wait (at most ``timeout``) until rag's outbox is empty, and has sent ``expected``
+    interactions in all when given; returns its sent count."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = samples(rag.get("/metrics").text)
+        sent = m.get("llmops_rag_outbox_sent_total", 0.0)
+        if m.get("llmops_rag_outbox_depth", 0.0) == 0 and (expected is None or sent >= expected):
+            return sent
+        if time.monotonic() > deadline:
+            log(f"outbox not drained after {timeout} s (depth {m.get('llmops_rag_outbox_depth')})")
+            return sent
+        time.sleep(0.2)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -619,7 +924,19 @@ def main() -> None:
         "--embeddings-max-wait-ms",
         type=float,
         default=None,
-        help="EMBEDDINGS_MAX_WAIT_MS for the embeddings service (default: its own, 5 ms)",
+        help="EMBEDDINGS_MAX_WAIT_MS for the embeddings service (default: its own, 0 ms)",
+    )
+    parser.add_argument(
+        "--concurrency-duration",
+        type=float,
+        default=15.0,
+        help="seconds measured at each concurrency (1, 4, 16), after the sequential asks",
+    )
+    parser.add_argument(
+        "--concurrency-warmup", type=float, default=2.0, help="seconds before each measured one"
+    )
+    parser.add_argument(
+        "--no-concurrency", action="store_true", help="only the sequential overhead measurement"
     )
     args = parser.parse_args()
     if args.asks < 4:
@@ -633,6 +950,10 @@ def main() -> None:
             try:
                 platform = Platform(workdir, db, args.fake_latency_ms, args.embeddings_max_wait_ms)
                 result = run(args, platform)
+                if args.no_concurrency:
+                    result |= dict.fromkeys(CONCURRENCY_KEYS)
+                else:
+                    result |= concurrency(args, platform, result["outbox_delivered"])
             finally:
                 if platform is not None:
                     platform.close()
@@ -652,6 +973,17 @@ def main() -> None:
     if result["search_by_vector_handler_ms"]:
         s = result["search_by_vector_handler_ms"]
         log(f"  retrieval search handler given a vector: p50 {s['p50']} ms, mean {s['mean']} ms")
+    log(
+        f"Server-Timing total p50 {result['server_timing_ms_p50']} ms, rag pipeline total p50 "
+        f"{result['rag_pipeline_total_ms_p50']} ms (largest difference in one ask "
+        f"{result['server_timing_vs_pipeline_ms_max']} ms)"
+    )
+    if result["saturates_first"] is not None:
+        log(
+            f"asks/s at c1 / c4 / c16: {result['asks_per_s_c1']} / {result['asks_per_s_c4']} / "
+            f"{result['asks_per_s_c16']}; saturates first: {result['saturates_first']} "
+            f"({result['saturates_first_why']})"
+        )
     print(json.dumps(result), flush=True)
 
 

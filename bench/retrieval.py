@@ -12,8 +12,19 @@ In one run:
            BM25, fused by reciprocal rank), alternating query by query; both embed the query,
            so ``hybrid_overhead_ms_p50`` is what the lexical half and the fusion add. Ingest
            above writes BM25 vectors too; ``bm25_chunks_per_s`` is their in-process cost.
+  scale    how local (embedded) Qdrant grows (issue 18): for each size of ``--scale``, a local
+           Qdrant directory is filled with that many chunks straight through the service's own
+           ``QdrantStore.create`` layout (dense + BM25 vectors, payload indexes) and the payload
+           ingest writes, random unit vectors and ``group`` = document % 5, ten chunks a
+           document; the service is started on it (``open_s_<size>``: start to ready) and
+           searched with random unit ``vector``s, one at a time, unfiltered and filtered
+           (``{"group": {"in": [1, 3]}}``, 40 % of the points), alternating query by query
+           (``search_ms_p50_<size>``, ``search_ms_p50_<size>_filtered`` and their p99s), and its
+           memory read from /proc (``service_rss_mb_<size>`` after the searches,
+           ``service_peak_rss_mb_<size>``: VmHWM). ``--scale ''`` or ``--no-scale`` skips it.
 
     .venv/bin/python bench/retrieval.py [--docs 60] [--queries 300]
+                                        [--scale 1000,10000,100000] [--scale-queries 100]
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any
 
 import httpx
@@ -91,11 +103,197 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
+CHUNKS_PER_DOC = 10
+SCALE_FILTER = {"group": {"in": [1, 3]}}
+
+
+def label(n: int) -> str:
+    """1000 -> 1k, 100000 -> 100k, 1500 -> 1500: the size in a JSON key."""
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}m"
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def populate(path: str, n: int, seed: int) -> None:
+    """``n`` chunks in a local Qdrant directory, as the service would hold them after ingest:
+    the collection made by the service's own ``QdrantStore.create`` (named dense vector, BM25
+    sparse vector with IDF, payload indexes on ``doc_id`` and ``metadata.group``), each point
+    with ingest's id, payload fields and BM25 vector, and a random unit 384-d dense vector."""
+    import asyncio
+    from pathlib import Path
+
+    import numpy as np
+    from qdrant_client import models
+
+    from services.common.metrics import Metrics
+    from services.retrieval.config import RetrievalSettings
+    from services.retrieval.ingest import new_version, point_id
+    from services.retrieval.sparse import BM25
+    from services.retrieval.store import DENSE, SPARSE, QdrantStore
+
+    settings = RetrievalSettings(  # local mode whatever this shell's RETRIEVAL_ settings say
+        env="dev", auth_disabled=True, qdrant_url=None, qdrant_path=Path(path), local_warn_points=0
+    )
+    rng = np.random.default_rng(seed)
+    words = random.Random(seed)
+    bm25 = BM25(settings.bm25_avg_len)
+    first_version = new_version()  # a document's chunks share its version, as ingest writes
+
+    async def fill() -> None:
+        store = QdrantStore(settings, Metrics())
+        try:
+            await store.create("bench", 384, {"group": "integer"}, settings.default_search_mode)
+            # Local mode commits (and syncs) its SQLite file once per point: ~1-9 ms each on
+            # this disk, a quarter of an hour for 100k. Not syncing changes nothing read back.
+            local = getattr(store.client, "_client", None)
+            collection = getattr(local, "collections", {}).get("bench")
+            db = getattr(getattr(collection, "storage", None), "storage", None)
+            if db is not None:
+                db.execute("PRAGMA synchronous=OFF")
+                db.execute("PRAGMA journal_mode=MEMORY")
+            for start_at in range(0, n, 500):
+                size = min(500, n - start_at)
+                dense = rng.standard_normal((size, 384)).astype(np.float32)
+                dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+                points = []
+                for j in range(size):
+                    i = start_at + j
+                    doc, chunk = divmod(i, CHUNKS_PER_DOC)
+                    doc_id, version = f"doc-{doc}", first_version + doc
+                    text = " ".join(words.choices(WORDS, k=words.randint(100, 160))) + "."
+                    payload = {
+                        "doc_id": doc_id,
+                        "chunk_index": chunk,
+                        "chunk_count": CHUNKS_PER_DOC,
+                        "headings": [],
+                        "text": text,
+                        "tokens": len(text.split()) + 2,
+                        "content_hash": hashlib.sha256(doc_id.encode()).hexdigest(),
+                        "content_type": "text/plain",
+                        "metadata": {"group": doc % 5},
+                        "ingested_at": time.time(),
+                        "version": version,
+                    }
+                    vector = {DENSE: dense[j].tolist(), SPARSE: bm25.document(text)}
+                    points.append(
+                        models.PointStruct(
+                            id=point_id(doc_id, version, chunk), vector=vector, payload=payload
+                        )
+                    )
+                await store.upsert("bench", points)
+        finally:
+            await store.close()
+
+    with warnings.catch_warnings():  # qdrant-client's own "local mode past 20,000 points"
+        warnings.simplefilter("ignore")
+        asyncio.run(fill())
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """VmRSS and VmHWM (peak) of a process, in MiB; it must be the server itself, not a parent
+    of workers (``llmops serve`` with one worker runs uvicorn in its own process)."""
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+        if f.read().strip():
+            raise SystemExit(f"process {pid} has children: its RSS is not the server's")
+    fields = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def scale(sizes: list[int], n_queries: int, digest: str) -> dict[str, float]:
+    """Search latency, open time and memory of the service on local Qdrant at each size."""
+    import numpy as np
+
+    rng = np.random.default_rng(17)
+    warm = 10
+    vectors = rng.standard_normal((n_queries + warm, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    bodies = {
+        kind: [
+            json.dumps(
+                {"vector": v, "top_k": 10, "with_text": False}
+                | ({"filter": SCALE_FILTER} if kind == "filtered" else {})
+            ).encode()
+            for v in vectors.tolist()
+        ]
+        for kind in ("unfiltered", "filtered")
+    }
+    out: dict[str, float] = {}
+    for n in sizes:
+        key = label(n)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            populate(f"{tmp}/qdrant", n, seed=n)
+            populated = time.perf_counter() - t0
+            print(f"scale {key}: {n} chunks written in {populated:.1f} s", file=sys.stderr)
+            env = {
+                "RETRIEVAL_API_KEY_HASHES": digest,
+                "RETRIEVAL_QDRANT_PATH": f"{tmp}/qdrant",
+                # Nothing here embeds; a closed port, so nothing is called by mistake.
+                "RETRIEVAL_EMBEDDINGS_URL": "http://127.0.0.1:9",
+            }
+            t0 = time.perf_counter()
+            proc, url = start("retrieval", env)
+            opened = time.perf_counter() - t0
+            try:
+                card = httpx.get(
+                    f"{url}/v1/collections/bench",
+                    headers={"Authorization": f"Bearer {KEY}"},
+                    timeout=60,
+                ).json()
+                assert card["points_count"] == n, card
+                raw = RawClient(url)
+                times: dict[str, list[float]] = {"unfiltered": [], "filtered": []}
+                for i in range(n_queries + warm):
+                    order = ("unfiltered", "filtered") if i % 2 else ("filtered", "unfiltered")
+                    for kind in order:
+                        t0 = time.perf_counter()
+                        status, _ = raw.post("/v1/collections/bench/search", bodies[kind][i])
+                        if i >= warm:
+                            times[kind].append((time.perf_counter() - t0) * 1000)
+                        assert status == 200
+                raw.sock.close()
+                rss, peak = memory_mb(proc.pid)
+            finally:
+                stop(proc)
+        u, f = times["unfiltered"], times["filtered"]
+        out |= {
+            f"search_ms_p50_{key}": round(statistics.median(u), 3),
+            f"search_ms_p99_{key}": round(pct(u, 0.99), 3),
+            f"search_ms_p50_{key}_filtered": round(statistics.median(f), 3),
+            f"search_ms_p99_{key}_filtered": round(pct(f, 0.99), 3),
+            f"open_s_{key}": round(opened, 2),
+            f"service_rss_mb_{key}": round(rss, 1),
+            f"service_peak_rss_mb_{key}": round(peak, 1),
+            f"populate_s_{key}": round(populated, 1),
+        }
+        print(
+            f"scale {key}: open {opened:.1f} s, RSS {rss:.0f} MiB (peak {peak:.0f}); search p50 "
+            f"{statistics.median(u):.1f} ms, filtered {statistics.median(f):.1f} ms",
+            file=sys.stderr,
+        )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=60)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument(
+        "--scale",
+        default="1000,10000,100000",
+        help="chunk counts of the local-mode scale measurement, comma-separated; '' skips it",
+    )
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale measurement")
+    parser.add_argument(
+        "--scale-queries", type=int, default=100, help="queries per size and kind (scale)"
+    )
     args = parser.parse_args()
+    sizes = [] if args.no_scale else [int(x) for x in args.scale.split(",") if x.strip()]
 
     from sentence_transformers import SentenceTransformer
 
@@ -204,6 +402,8 @@ def main() -> None:
             stop(ret)
             stop(emb)
 
+    scaled = scale(sizes, args.scale_queries, digest) if sizes else {}
+
     from services.retrieval.sparse import BM25
 
     bm25 = BM25(100.0)
@@ -240,6 +440,7 @@ def main() -> None:
                 "encode_texts_per_s": round(encode_rate, 1),
                 "ingest_ratio": round(ingest_rate / encode_rate, 3),
                 "cores": os.cpu_count(),
+                **scaled,
             }
         )
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -104,6 +105,7 @@ def ingest(paths: list[Path], collection: str, url: str | None, batch_size: int)
         return 2
     summary = {k: 0 for k in ("added", "unchanged", "replaced", "failed")}
     failures: list[tuple[str, str]] = []
+    warnings: list[str] = []  # the service's, e.g. a local collection grown too large
     chunks = 0
     with retrieval_client(url) as client:
         try:
@@ -130,11 +132,13 @@ def ingest(paths: list[Path], collection: str, url: str | None, batch_size: int)
                         summary["failed"] += 1
                         failures.append((doc["id"], error_message(r)))
                 else:
-                    for res in r.json()["results"]:
+                    answer = r.json()
+                    for res in answer["results"]:
                         summary[res["status"]] += 1
                         chunks += res["chunks"]
                         if res["status"] == "failed":
                             failures.append((res["id"], res["reason"]))
+                    warnings[:] = answer.get("warnings") or []  # the latest batch's counts
                 progress.advance(task, len(batch))
                 batch.clear()
                 size = 0
@@ -155,6 +159,8 @@ def ingest(paths: list[Path], collection: str, url: str | None, batch_size: int)
     console.print(table)
     for doc_id, reason in failures:
         console.print(f"[red]failed[/] {doc_id}: {reason}")
+    for warning in warnings:
+        err.print(f"[yellow]warning: {escape(warning)}[/]")
     return 1 if failures else 0
 
 

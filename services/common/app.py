@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from services.common.auth import AuthMiddleware
 from services.common.errors import ERROR_RESPONSES, error_response, install_exception_handlers
-from services.common.lifecycle import Lifecycle
+from services.common.lifecycle import Lifecycle, freeze_heap
 from services.common.logging import setup_logging
 from services.common.metrics import Metrics, mark_worker_dead
 from services.common.middleware import (
@@ -106,9 +106,11 @@ def build_app(
         try:
             with app.state.lifecycle.signals():
                 if lifespan is None:
+                    freeze_heap()
                     yield
                 else:
                     async with lifespan(app):
+                        freeze_heap()
                         yield
         finally:
             provider.shutdown()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from fastapi import FastAPI, Request
@@ -20,9 +20,6 @@ from starlette.responses import Response
 
 from services.common.context import current_request_id
 from services.common.routing import allowed_methods
-
-if TYPE_CHECKING:
-    import httpx
 
 log = logging.getLogger("llmops.errors")
 
@@ -96,7 +93,21 @@ class APIError(Exception):
         self.headers = dict(headers or {})
 
 
-def peer_error(r: httpx.Response) -> dict[str, Any]:
+class PeerResponse(Protocol):
+    """What :func:`peer_error` reads of an answer: httpx's or services/common/http.py's."""
+
+    status_code: int
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
+
+
+def peer_error(r: PeerResponse) -> dict[str, Any]:
     """The error object of another service's answer, whatever its body (HTML from a proxy, plain
     text, truncated JSON): the message falls back to the start of the text."""
     try:

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from services.common.app import Lifespan
 from services.common.errors import APIError
+from services.common.lifecycle import freeze_heap
 
 T = TypeVar("T")
 log = logging.getLogger("llmops.loading")
@@ -67,6 +68,7 @@ def model_lifespan(
         async def guarded() -> None:
             try:
                 await load(app)
+                freeze_heap()  # the model's objects too
             except Exception as exc:
                 app.state.load_error = f"{type(exc).__name__}: {exc}"
                 app.state.lifecycle.fatal(f"the model failed to load ({app.state.load_error})")

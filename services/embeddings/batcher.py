@@ -3,8 +3,10 @@
 Every text of every request is queued on its own, so small requests merge into one batch and a
 large request spreads over several. A batch closes at ``max_batch_size`` texts, at
 ``max_batch_tokens`` padded tokens, or ``max_wait`` after the first text arrived while the model
-was idle. Inference runs in one worker thread, so the event loop keeps accepting requests (and
-the next batch fills) while the model computes. The queue is bounded in texts: past it, callers
+was idle. The default wait is 0: an idle model starts at once (a lone query, as in a RAG ask,
+never waits for company), and everything that arrives during that pass forms the next batch.
+Inference runs in one worker thread, so the event loop keeps accepting requests (and the next
+batch fills) while the model computes. The queue is bounded in texts: past it, callers
 get :class:`QueueFull` and answer 429 with a ``Retry-After`` from the measured throughput.
 """
 

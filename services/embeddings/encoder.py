@@ -1,8 +1,11 @@
-"""Sentence-embedding backends: sentence-transformers on torch, or onnxruntime (fp32 / int8).
+"""Sentence-embedding backends: onnxruntime (fp32 / int8, the default) or sentence-transformers
+on torch.
 
 Both tokenize once (on the request path, to count tokens and check limits) and the batcher
 hands the token ids straight to the model, so no text is tokenized twice. The ONNX graph is
-exported locally from the same weights on first use and cached; nothing comes from a hub.
+exported locally from the same weights on first use and cached, or made ahead by
+``python -m services.embeddings.prepare`` (the models image does it at build time, so serving
+ONNX imports no torch); nothing comes from a hub.
 """
 
 from __future__ import annotations
@@ -188,7 +191,13 @@ class OnnxEncoder:
     """onnxruntime over a graph exported here from the same weights; pooling done in numpy."""
 
     def __init__(
-        self, model_dir: Path, name: str, cache_dir: Path, quantization: str, threads: int | None
+        self,
+        model_dir: Path,
+        name: str,
+        cache_dir: Path,
+        quantization: str,
+        threads: int | None,
+        prebuilt: Path | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -203,20 +212,23 @@ class OnnxEncoder:
             self.pooling = "max"
         else:
             self.pooling = "mean"
-        path = cache_dir / _fingerprint(model_dir, quantization) / f"model-{quantization}.onnx"
-        if not path.exists():
-            _export_onnx(model_dir, path, quantization)
+        path = onnx_path(cache_dir, model_dir, quantization)
+        baked = onnx_path(prebuilt, model_dir, quantization) if prebuilt else None
+        if baked is not None and baked.exists():
+            path = baked  # made ahead (the image's build step): no torch, no write at start
+        elif not path.exists():
+            export_onnx(model_dir, path, quantization)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
+        # onnxruntime's pool threads spin after each pass waiting for more work: about 30 ms of
+        # a core per 4 ms query on 2 cores, taken from the requests' own HTTP and JSON work in
+        # this process and from the services beside it (and from a pod's CPU quota).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         dim = int(self.session.get_outputs()[0].shape[-1])
-        from transformers import AutoTokenizer
-
-        # bandit B615 (Hub download without a revision): a local directory, never the Hub.
-        fallback = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)  # nosec B615
-        self._tok = _Tokenizer(model_dir, max_tokens, fallback)
+        self._tok = _Tokenizer(model_dir, max_tokens, _fallback_tokenizer(model_dir))
         special = len(self._tok([""], False)[0])
         self.info = ModelInfo(name, model_dir, dim, max_tokens, f"onnx-{quantization}", special)
 
@@ -239,13 +251,44 @@ class OnnxEncoder:
         return np.ascontiguousarray(vec, dtype=np.float32)
 
 
+def onnx_path(cache_dir: Path, model_dir: Path, quantization: str) -> Path:
+    """Where the export of these weights at this quantization is kept under ``cache_dir``."""
+    return cache_dir / _fingerprint(model_dir, quantization) / f"model-{quantization}.onnx"
+
+
+class _PadOnly:
+    """What ``_Tokenizer`` needs of a fallback when the fast tokenizer file is there: its pad id.
+
+    Loading transformers' tokenizer for that alone would import transformers (and with it,
+    where installed, torch: about 1 s and 200 MB per process that serves ONNX)."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+
+def _fallback_tokenizer(model_dir: Path) -> Any:
+    file = model_dir / "tokenizer.json"
+    if file.exists():
+        from tokenizers import Tokenizer
+
+        config = _read_json(model_dir / "tokenizer_config.json")
+        pad = config.get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        pad_id = Tokenizer.from_file(str(file)).token_to_id(pad) if isinstance(pad, str) else None
+        return _PadOnly(int(pad_id or 0))
+    from transformers import AutoTokenizer
+
+    # bandit B615 (Hub download without a revision): a local directory, never the Hub.
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)  # nosec B615
+
+
 def _read_json(path: Path) -> Any:
     if not path.exists():
         return {}
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _export_onnx(model_dir: Path, path: Path, quantization: str) -> None:
+def export_onnx(model_dir: Path, path: Path, quantization: str) -> None:
     """Export the transformer to ONNX (and quantize to int8 if asked), atomically."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -294,9 +337,10 @@ def load_encoder(settings: EmbeddingsSettings) -> Encoder:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
+    if settings.backend == "torch":
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if settings.model_uri:
         assert settings.mlflow_tracking_uri  # checked with the settings
         fetched = fetch(settings.model_uri, settings.mlflow_tracking_uri, settings.cache_dir)
@@ -317,6 +361,7 @@ def load_encoder(settings: EmbeddingsSettings) -> Encoder:
             settings.cache_dir,
             settings.onnx_quantization,
             settings.torch_threads,
+            settings.onnx_dir,
         )
     else:
         encoder = TorchEncoder(model_dir, name, settings.torch_threads)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from fastapi import APIRouter, Request
@@ -580,17 +580,43 @@ async def _stream(
 
 
 class RelayResponse(StreamingResponse):
-    """A stream whose upstream is closed even if the body never starts (client gone first)."""
+    """A stream whose upstream is closed even if the body never starts (client gone first).
+
+    The head and the first event (already in hand: the upstream answered with it) are sent
+    before Starlette's streaming machinery starts: with uvicorn's ASGI 2.3 it first opens a task
+    group and a task to watch for the client's disconnect, an event-loop turn and about 0.1 ms
+    that would otherwise come before the first token (docs/benchmarks.md, the proxy's TTFT).
+    The rest streams as Starlette streams it, the disconnect watched."""
 
     def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None], **kw: Any):
         super().__init__(content, **kw)
         self.on_close = on_close
+        self._head_sent = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            body = cast(AsyncIterator[bytes], self.body_iterator)
+            first = await anext(body, None)
+            await send(
+                {"type": "http.response.start", "status": self.status_code,
+                 "headers": self.raw_headers}
+            )  # fmt: skip
+            self._head_sent = True
+            if first is not None:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
             await super().__call__(scope, receive, send)
         finally:
             self.on_close()
+
+    async def stream_response(self, send: Send) -> None:
+        if not self._head_sent:
+            await send(
+                {"type": "http.response.start", "status": self.status_code,
+                 "headers": self.raw_headers}
+            )  # fmt: skip
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @dataclass

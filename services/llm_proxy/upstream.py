@@ -118,6 +118,9 @@ def create_session(max_connections: int, connect_timeout_s: float) -> aiohttp.Cl
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
+        # LLM APIs are stateless: no cookie is stored, matched or sent (a cookie jar costs a
+        # lookup and an update per request, and would carry one caller's cookies to the next).
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 

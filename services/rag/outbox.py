@@ -22,8 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import httpx
-
+from services.common.http import ServiceClient
 from services.common.spool import Segment, Spool
 
 log = logging.getLogger("llmops.rag.outbox")
@@ -38,7 +37,7 @@ class InteractionOutbox:
     def __init__(
         self,
         spool: Spool,
-        client: httpx.AsyncClient | None,
+        client: ServiceClient | None,
         *,
         on_depth: Callable[[int], None],
         on_sent: Callable[[int], None],

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from services.common.errors import APIError, peer_error
+from services.common.errors import APIError, PeerResponse, peer_error
 from services.common.http import context_headers
 from services.common.injection import find_injection
 from services.common.tracing import trace_id_for
@@ -61,6 +61,16 @@ class Prepared:
     used: list[dict[str, Any]]
     degraded: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    total: float | None = None  # seconds, set by finish(): the ``total`` stage
+
+    def stage_ms(self) -> dict[str, float]:
+        """The stage times known so far, as ``llmops_rag_stage_seconds`` observes them (keyed
+        by its ``stage`` label: retrieval, prompt, llm, then total once :func:`finish` has
+        run), in milliseconds to one decimal."""
+        out = {stage: round(seconds * 1000, 1) for stage, seconds in self.timings.items()}
+        if self.total is not None:
+            out["total"] = round(self.total * 1000, 1)
+        return out
 
 
 def _trace(interaction_id: str) -> tuple[str, Context]:
@@ -239,7 +249,7 @@ def _chat_body(state: RagState, p: Prepared, stream: bool) -> dict[str, Any]:
     return body
 
 
-def _llm_error(r: httpx.Response) -> APIError:
+def _llm_error(r: PeerResponse) -> APIError:
     message = str(peer_error(r)["message"])
     if r.status_code == 429:
         return APIError(
@@ -317,7 +327,14 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
 
     The 200 goes out before the answer exists, so a stream is acknowledged by its final
     ``rag.ask`` event: it is sent only once the interaction is durable in the outbox. The deltas
-    are the shown answer's (:class:`ShownStream`): joined, they are the final ``answer``."""
+    are the shown answer's (:class:`ShownStream`): joined, they are the final ``answer``.
+
+    Stage times: the response headers go out once retrieval and the prompt are done, before the
+    model is asked, so their ``Server-Timing`` names those two stages only (see routes.py). The
+    final ``rag.ask`` event carries all of them, ``timings_ms`` beside its ``latency_ms``: the
+    same figures, keys and rounding as a non-streamed answer's ``Server-Timing`` header
+    (:meth:`Prepared.stage_ms`). A trailer would be the header's own place, but Starlette's
+    StreamingResponse cannot send one and the usual clients do not read them."""
     # The body runs in the response's own task, whose context is thrown away after it: no
     # detach needed (detaching across the yields would only log a spurious error).
     otel_context.attach(p.context)
@@ -391,6 +408,7 @@ async def answer_stream(state: RagState, p: Prepared) -> AsyncIterator[bytes]:
         yield b"data: [DONE]\n\n"
         return
     state.metrics.asks.labels("ok", "true").inc()
+    result["timings_ms"] = p.stage_ms()
     yield _sse(result)
     yield b"data: [DONE]\n\n"
 
@@ -417,7 +435,7 @@ async def finish(
     interaction keeps the model's own text too when they differ."""
     citations, invalid = cite(text, p.used)
     shown = shown_answer(text, len(p.used))
-    total = time.perf_counter() - p.started
+    total = p.total = time.perf_counter() - p.started
     m = state.metrics
     for stage, seconds in p.timings.items():
         m.stage_seconds.labels(stage).observe(seconds)

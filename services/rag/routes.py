@@ -91,6 +91,11 @@ class AskOut(BaseModel):
     usage: dict[str, Any] | None
     degraded: list[str]
     latency_ms: float
+    timings_ms: dict[str, float] | None = Field(
+        None,
+        description="Streams only, in the final rag.ask event: the stage times in ms (retrieval, "
+        "prompt, llm, total), which a non-streamed answer gives in its Server-Timing header.",
+    )
 
 
 ASK_CHUNK = {
@@ -108,10 +113,18 @@ def _error(description: str) -> dict[str, Any]:
     return {"model": ErrorBody, "description": description}
 
 
+SERVER_TIMING = {
+    "description": "W3C Server Timing: the ask's stage times in ms, e.g. 'retrieval;dur=12.3, "
+    "prompt;dur=0.0, llm;dur=55.1, total;dur=70.2'. A stream's names retrieval and prompt only "
+    "(sent before the model answers); its final rag.ask event has them all in timings_ms.",
+    "schema": {"type": "string"},
+}
+
 ASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": AskOut,
         "description": "The answer.",
+        "headers": {"Server-Timing": SERVER_TIMING},
         "content": event_stream(
             {"anyOf": [ASK_CHUNK, {"$ref": "#/components/schemas/AskOut"}]},
             "With stream: true: rag.ask.chunk events (text deltas), then the whole rag.ask "
@@ -122,6 +135,23 @@ ASK_RESPONSES: dict[int | str, dict[str, Any]] = {
     502: _error("The LLM proxy or retrieval failed, or refused this service's key."),
     504: _error("The model did not answer in time."),
 }
+
+
+def server_timing(stage_ms: dict[str, float]) -> dict[str, str]:
+    """The ``Server-Timing`` header (W3C Server Timing) for the stage times known so far
+    (:meth:`pipeline.Prepared.stage_ms`: ``llmops_rag_stage_seconds``'s own figures and stage
+    names, ms to one decimal), e.g. ``retrieval;dur=12.3, prompt;dur=0.0, llm;dur=55.1,
+    total;dur=70.2``; no header when none is known.
+
+    ``total`` is the pipeline's, as the metric and ``latency_ms`` have it: from the validated
+    request to the answer built, so neither the outbox's fsync that follows nor the HTTP layer
+    around the handler is in it. A stream's headers leave before the model is asked:
+    they name retrieval and prompt only, and the final ``rag.ask`` event gives them all
+    (``timings_ms``; see :func:`pipeline.answer_stream`). The app sets no CORS middleware, so
+    there is no ``expose_headers`` list to add it to."""
+    if not stage_ms:
+        return {}
+    return {"Server-Timing": ", ".join(f"{name};dur={ms:.1f}" for name, ms in stage_ms.items())}
 
 
 @router.post(
@@ -163,11 +193,17 @@ async def ask(body: AskIn, request: Request) -> Response:
             return StreamingResponse(
                 pipeline.answer_stream(state, prepared),
                 media_type="text/event-stream",
-                headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers={
+                    **headers,
+                    **server_timing(prepared.stage_ms()),  # retrieval and prompt, so far
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                },
             )
         result = await pipeline.answer(state, prepared)
     except APIError as exc:
         state.metrics.asks.labels(exc.code or "error", str(body.stream).lower()).inc()
         raise
     state.metrics.asks.labels("ok", "false").inc()
+    headers |= server_timing(prepared.stage_ms())
     return Response(orjson.dumps(result), media_type="application/json", headers=headers)

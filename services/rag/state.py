@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
 from opentelemetry.trace import Tracer
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common.http import ServiceClient
 from services.common.injection import HEURISTICS
 from services.common.metrics import Metrics
 from services.rag.config import RagSettings
@@ -92,8 +92,8 @@ class RagMetrics:
 @dataclass
 class RagState:
     settings: RagSettings
-    retrieval: httpx.AsyncClient
-    proxy: httpx.AsyncClient
+    retrieval: ServiceClient
+    proxy: ServiceClient
     prompts: PromptRegistry
     outbox: InteractionOutbox
     metrics: RagMetrics

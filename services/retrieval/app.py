@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,8 @@ from services.retrieval.embedder import EmbeddingsClient
 from services.retrieval.ingest import Ingestor
 from services.retrieval.store import QdrantStore
 
+log = logging.getLogger("llmops.retrieval")
+
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -25,6 +28,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.store = store
     app.state.embedder = embedder
     app.state.ingestor = Ingestor(settings, store, embedder, metrics)
+    try:
+        await store.check_sizes()  # local collections already past RETRIEVAL_LOCAL_WARN_POINTS
+    except Exception:  # a warning must never keep the service from starting
+        log.exception("could not count the local collections' points")
     try:
         yield
     finally:

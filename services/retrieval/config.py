@@ -23,6 +23,17 @@ class RetrievalSettings(ServiceSettings):
     qdrant_path: Path = Field(
         Path("qdrant"), description="Local mode's files; default: DATA_DIR/qdrant."
     )
+    local_warn_points: int = Field(
+        20_000,
+        ge=0,
+        description="Local mode only: past this many points in one collection the service logs "
+        "a WARNING (at startup and after the ingest that crosses it) and adds a warning to "
+        "ingest answers and collection cards. Local mode holds every point in this process's "
+        "memory (about 29 KB each: some 0.7 GB at 20,000, the chart's 1 GiB limit near "
+        "30,000), reads them all back at startup and scans them on every search (unfiltered "
+        "p50 about 16 ms at 20,000, 130 ms at 100,000; with a payload filter, evaluated in "
+        "Python, 0.2 s and 1.3 s); see bench/retrieval.py --scale. 0 disables.",
+    )
     qdrant_timeout_s: float = Field(10.0, gt=0)
     qdrant_retries: int = Field(4, ge=0, description="Retries of a transient Qdrant failure.")
     # New collections; the defaults fit a 3-node cluster.

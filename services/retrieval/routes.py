@@ -26,7 +26,8 @@ def _store(request: Request) -> QdrantStore:
     return store
 
 
-def _card(info: CollectionInfo) -> dict[str, Any]:
+def _card(info: CollectionInfo, store: QdrantStore) -> dict[str, Any]:
+    warning = store.size_warning(info)
     return {
         "name": info.name,
         "points_count": info.points_count,
@@ -35,6 +36,7 @@ def _card(info: CollectionInfo) -> dict[str, Any]:
         "sparse": "bm25" if info.sparse else None,
         "search_mode": info.search_mode,
         "search_modes": list(info.modes),
+        "warnings": [warning] if warning else [],
     }
 
 
@@ -76,7 +78,7 @@ async def create_collection(body: CollectionCreate, request: Request) -> JSONRes
     mode = body.search_mode or request.app.state.settings.default_search_mode
     await store.create(body.name, size, dict(body.metadata_fields), mode)
     info = await _collection(request, body.name)
-    return JSONResponse(_card(info), status_code=201)
+    return JSONResponse(_card(info, store), status_code=201)
 
 
 @router.get(
@@ -85,14 +87,15 @@ async def create_collection(body: CollectionCreate, request: Request) -> JSONRes
     summary="Collections with their point counts.",
 )
 async def list_collections(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_card(c) for c in await _store(request).all()]}
+    store = _store(request)
+    return {"object": "list", "data": [_card(c, store) for c in await store.all()]}
 
 
 @router.get(
     "/v1/collections/{name}", openapi_extra=needs_scope("search"), summary="One collection."
 )
 async def get_collection(name: str, request: Request) -> dict[str, Any]:
-    return _card(await _collection(request, name))
+    return _card(await _collection(request, name), _store(request))
 
 
 @router.delete(
@@ -136,6 +139,8 @@ async def ingest_documents(name: str, body: DocumentsRequest, request: Request) 
     await _collection(request, name)
     ingestor: Ingestor = request.app.state.ingestor
     outcomes = await ingestor.ingest(name, docs)
+    # Local mode slows down as a collection grows: say so once it is past the threshold.
+    warning = await _store(request).check_size(name)
     summary = {k: 0 for k in ("added", "unchanged", "replaced", "failed")}
     for o in outcomes:
         summary[o.status] += 1
@@ -146,6 +151,7 @@ async def ingest_documents(name: str, body: DocumentsRequest, request: Request) 
             for i, o in enumerate(outcomes)
         ],
         "summary": summary,
+        "warnings": [warning] if warning else [],
     }
 
 
@@ -167,6 +173,7 @@ async def delete_document(name: str, doc_id: str, request: Request) -> dict[str,
             code="document_not_found",
         )
     await store.delete(name, flt)
+    await store.check_size(name)  # back under the threshold: a later crossing is logged again
     return {"id": doc_id, "deleted_chunks": count}
 
 

@@ -119,6 +119,20 @@ class CollectionInfo:
         return MODES if self.sparse else ("dense",)
 
 
+def size_warning(settings: RetrievalSettings, info: CollectionInfo) -> str | None:
+    """What to tell the operator when a local-mode collection holds more points than
+    RETRIEVAL_LOCAL_WARN_POINTS (nothing on a Qdrant server, or with the setting at 0)."""
+    limit = settings.local_warn_points
+    if settings.qdrant_url or limit <= 0 or info.points_count <= limit:
+        return None
+    return (
+        f"Collection '{info.name}' holds {info.points_count:,} points in local (embedded) "
+        f"Qdrant, past RETRIEVAL_LOCAL_WARN_POINTS={limit:,}: local mode keeps every point in "
+        "the service's memory, reads them all back at startup and scans them on each search, "
+        "so it slows down as the collection grows; use a Qdrant server (RETRIEVAL_QDRANT_URL)."
+    )
+
+
 class QdrantStore:
     def __init__(self, settings: RetrievalSettings, metrics: Metrics) -> None:
         self.settings = settings
@@ -144,6 +158,7 @@ class QdrantStore:
             initial=hot,
         )
         self._layouts: dict[str, tuple[CollectionInfo, float]] = {}
+        self._warned: set[str] = set()  # local collections whose size warning has been logged
         self.m_retries = metrics.counter(
             "retrieval_qdrant_retries_total",
             "Qdrant calls retried, by operation.",
@@ -153,6 +168,41 @@ class QdrantStore:
 
     async def close(self) -> None:
         await self.client.close()
+
+    def size_warning(self, info: CollectionInfo) -> str | None:
+        return size_warning(self.settings, info)
+
+    def _note_size(self, info: CollectionInfo) -> str | None:
+        """The size warning, logged once per collection each time it goes past the threshold."""
+        warning = self.size_warning(info)
+        if warning is None:
+            self._warned.discard(info.name)
+        elif info.name not in self._warned:
+            self._warned.add(info.name)
+            log.warning(
+                warning,
+                extra={
+                    "collection": info.name,
+                    "points_count": info.points_count,
+                    "local_warn_points": self.settings.local_warn_points,
+                },
+            )
+        return warning
+
+    async def check_size(self, name: str) -> str | None:
+        """After a write: the collection's size warning, if it has one (one point count, and
+        none at all on a Qdrant server)."""
+        if self.settings.qdrant_url or self.settings.local_warn_points <= 0:
+            return None
+        info = await self.info(name)
+        return self._note_size(info) if info else None
+
+    async def check_sizes(self) -> None:
+        """At startup: log the size warning of every local collection already past it."""
+        if self.settings.qdrant_url or self.settings.local_warn_points <= 0:
+            return
+        for info in await self.all():
+            self._note_size(info)
 
     async def layout(self, name: str) -> CollectionInfo | None:
         """The collection's vectors and search mode, cached for a few seconds: searches and
@@ -268,6 +318,7 @@ class QdrantStore:
 
     async def drop(self, name: str) -> bool:
         self.forget(name)
+        self._warned.discard(name)
         if not await self.exists(name):
             return False
         await self.call("delete_collection", lambda: self.client.delete_collection(name))

@@ -196,20 +196,26 @@ def image_venv(image: str, work: Path) -> Path:
     return venv
 
 
-# The models image's baked GGUF, converted by its build step (here: by the same command).
-LOCAL_LLM_CACHE = ROOT / ".llmops" / "cache" / "local-llm-image"
+# What the models image's build steps make (here: by the same commands), by the setting that
+# points a pod at it: the converted GGUF, and the embeddings model's ONNX graph.
+CACHE = ROOT / ".llmops" / "cache"
+BAKED = {
+    "LOCAL_LLM_CACHE_DIR": ("services.local_llm.prepare", CACHE / "local-llm-image"),
+    "EMBEDDINGS_ONNX_DIR": ("services.embeddings.prepare", CACHE / "embeddings-onnx-image"),
+}
 
 
-def bake_local_llm(models_venv: Path) -> Path:
-    """Runs the image's build step (``python -m services.local_llm.prepare``) into
-    LOCAL_LLM_CACHE, as the Dockerfile does; a second call finds it done."""
+def bake(models_venv: Path, setting: str) -> Path:
+    """Runs the image's build step for ``setting`` (``python -m services.X.prepare``) into its
+    folder of BAKED, as the Dockerfile does; a second call finds it done."""
+    module, folder = BAKED[setting]
     prepare = subprocess.run(
-        [str(models_venv / "bin" / "python"), "-m", "services.local_llm.prepare"],
-        env={**os.environ, "LOCAL_LLM_CACHE_DIR": str(LOCAL_LLM_CACHE), "HF_HUB_OFFLINE": "1"},
+        [str(models_venv / "bin" / "python"), "-m", module],
+        env={**os.environ, setting: str(folder), "HF_HUB_OFFLINE": "1"},
         capture_output=True, text=True, timeout=600, cwd="/",
     )  # fmt: skip
     assert prepare.returncode == 0, prepare.stdout + prepare.stderr
-    return LOCAL_LLM_CACHE
+    return folder
 
 
 @dataclass

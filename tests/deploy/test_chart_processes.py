@@ -33,7 +33,7 @@ import pytest
 
 from tests.conftest import API_KEY, API_KEY_HASH, free_port, fresh_pg_database
 from tests.deploy.chart import CHART, documents, pod_spec
-from tests.deploy.pods import UID, Pod, bake_local_llm, expand, host_address, image_env
+from tests.deploy.pods import BAKED, UID, Pod, bake, expand, host_address, image_env
 from tests.fakes.qdrant import FakeQdrant
 from tests.llm_proxy.conftest import MASTER_KEY, REDIS_URL
 
@@ -145,8 +145,8 @@ class ChartCluster:
         env = {k: v.replace("/opt/venv", str(venv)) for k, v in image_env(image).items()}
         env["PYTHONPROFILEIMPORTTIME"] = "1"  # the import log: which modules a pod loads
         env["PATH"] = f"{venv}/bin:{os.environ['PATH']}"
-        if "LOCAL_LLM_CACHE_DIR" in env:  # baked into the image by its build step
-            env["LOCAL_LLM_CACHE_DIR"] = str(bake_local_llm(self.venvs["llmops-models"]))
+        for setting in BAKED.keys() & env.keys():  # baked into the image by its build steps
+            env[setting] = str(bake(self.venvs["llmops-models"], setting))
         env["LLMOPS_DATA_DIR"] = local(env["LLMOPS_DATA_DIR"])
         for ref in container.get("envFrom", []):
             env.update(
@@ -299,6 +299,10 @@ def test_the_minimal_chart_runs_as_processes_and_answers_an_ask(
         assert "| services.cli" not in log and "| typer" not in log, name
     # local-llm loaded the GGUF the image's build step converted; rag's outbox was emptied
     # before it exited: nothing is left on its volume.
+    # embeddings served the ONNX graph the image's build step exported, without importing torch.
+    embeddings = c.pods["llmops-embeddings"].logs()
+    assert '"backend": "onnx-fp32"' in embeddings or '"backend":"onnx-fp32"' in embeddings
+    assert "| torch" not in embeddings and "| sentence_transformers" not in embeddings
     local_llm = c.pods["llmops-local-llm"].logs()
     assert '"origin": "cache"' in local_llm or '"origin":"cache"' in local_llm, local_llm[-3000:]
     assert not list((c.pods["llmops-rag"].cwd / "rag-outbox").glob("*.spool"))

@@ -271,6 +271,17 @@ def test_embeddings_killed_during_ingest_leaves_no_document_half_written(
             kill_at = time.monotonic()
             emb.proc.kill()  # SIGKILL: no drain, connections reset mid-request
             emb.proc.wait()
+            # Down for longer than retrieval's retries (the ONNX model is back within a second
+            # of a restart, which the retries would bridge): until an ingest has failed.
+            wait_until(
+                lambda: any(
+                    x["status"] == "failed"
+                    for o in list(load.outcomes) if o.sent >= kill_at and isinstance(o.detail, dict)
+                    for x in o.detail["results"] or []
+                ),
+                120,
+                "an ingest failed while the embeddings service was down",
+            )  # fmt: skip
             emb = service_factory("embeddings", **emb_env)
             front.target = ("127.0.0.1", emb.port)
             emb.wait_ready()
