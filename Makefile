@@ -61,7 +61,7 @@ typecheck: $(STAMP)
 test: lint typecheck tools
 	$(BIN)/pytest
 
-# Every benchmark (about 35 min; on a quiet machine: docs/benchmarks.md), each last line kept in
+# Every benchmark (about 20 min; on a quiet machine: docs/benchmarks.md), each last line kept in
 # .bench/results/, then the sizing table derived from them.
 BENCHES := embeddings retrieval proxy feedback rag
 bench: SHELL := /bin/bash
