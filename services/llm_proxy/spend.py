@@ -49,7 +49,10 @@ class SpendLog:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.flush()
+            # Shielded: a stop that cancels this task mid-write would otherwise drop the batch
+            # it had taken out of ``_pending`` (the write's outcome never seen). stop() then
+            # waits for it on the lock and writes what is left.
+            await asyncio.shield(self.flush())
 
     async def flush(self) -> int:
         """Write what has accumulated; returns the number of rows written."""
