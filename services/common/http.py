@@ -52,21 +52,12 @@ class ServiceResponse:
         return orjson.loads(self.content)
 
 
-class StreamingResponse:
+class StreamingResponse(ServiceResponse):
     """An answer whose body is read as it arrives (``aiter_lines``) or at once (``aread``)."""
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        super().__init__(resp.status, resp.headers, b"")
         self._resp = resp
-        self.status_code = resp.status
-        self.headers = resp.headers
-        self.content = b""
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", errors="replace")
-
-    def json(self) -> Any:
-        return orjson.loads(self.content)
 
     async def aread(self) -> bytes:
         with _as_httpx_errors():

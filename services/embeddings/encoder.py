@@ -75,15 +75,19 @@ _SERIAL_TOKENIZE = 16
 
 
 class _Tokenizer:
-    """Fast (Rust) tokenizer from the model directory, with and without truncation."""
+    """Fast (Rust) tokenizer from the model directory, with and without truncation.
 
-    def __init__(self, model_dir: Path, max_tokens: int, fallback: Any) -> None:
+    ``fallback`` is transformers' tokenizer, used only for a model without ``tokenizer.json``;
+    ``None`` loads it then (the ONNX path: loading it for every model would import
+    transformers, and with it torch where installed, about 1 s and 200 MB per process)."""
+
+    def __init__(self, model_dir: Path, max_tokens: int, fallback: Any = None) -> None:
         from tokenizers import Tokenizer
 
-        self.fallback = fallback
         self.full: Any = None
         self.cut: Any = None
         file = model_dir / "tokenizer.json"
+        pad: Any = None
         if file.exists():
             self.full = Tokenizer.from_file(str(file))
             self.full.no_truncation()
@@ -91,8 +95,18 @@ class _Tokenizer:
             self.cut = Tokenizer.from_file(str(file))
             self.cut.no_padding()
             self.cut.enable_truncation(max_tokens)
+            token = _read_json(model_dir / "tokenizer_config.json").get("pad_token")
+            token = token.get("content") if isinstance(token, dict) else token
+            pad = self.full.token_to_id(token) if isinstance(token, str) else None
+        elif fallback is None:
+            from transformers import AutoTokenizer
+
+            # bandit B615 (Hub download without a revision): a local directory, never the Hub.
+            fallback = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)  # nosec B615
+        self.fallback = fallback
+        if pad is None:
+            pad = getattr(fallback, "pad_token_id", None)
         self.max_tokens = max_tokens
-        pad = getattr(fallback, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else 0
 
     def __call__(self, texts: list[str], truncate: bool) -> list[list[int]]:
@@ -228,7 +242,7 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         dim = int(self.session.get_outputs()[0].shape[-1])
-        self._tok = _Tokenizer(model_dir, max_tokens, _fallback_tokenizer(model_dir))
+        self._tok = _Tokenizer(model_dir, max_tokens)
         special = len(self._tok([""], False)[0])
         self.info = ModelInfo(name, model_dir, dim, max_tokens, f"onnx-{quantization}", special)
 
@@ -254,32 +268,6 @@ class OnnxEncoder:
 def onnx_path(cache_dir: Path, model_dir: Path, quantization: str) -> Path:
     """Where the export of these weights at this quantization is kept under ``cache_dir``."""
     return cache_dir / _fingerprint(model_dir, quantization) / f"model-{quantization}.onnx"
-
-
-class _PadOnly:
-    """What ``_Tokenizer`` needs of a fallback when the fast tokenizer file is there: its pad id.
-
-    Loading transformers' tokenizer for that alone would import transformers (and with it,
-    where installed, torch: about 1 s and 200 MB per process that serves ONNX)."""
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-
-def _fallback_tokenizer(model_dir: Path) -> Any:
-    file = model_dir / "tokenizer.json"
-    if file.exists():
-        from tokenizers import Tokenizer
-
-        config = _read_json(model_dir / "tokenizer_config.json")
-        pad = config.get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        pad_id = Tokenizer.from_file(str(file)).token_to_id(pad) if isinstance(pad, str) else None
-        return _PadOnly(int(pad_id or 0))
-    from transformers import AutoTokenizer
-
-    # bandit B615 (Hub download without a revision): a local directory, never the Hub.
-    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)  # nosec B615
 
 
 def _read_json(path: Path) -> Any:
@@ -330,6 +318,14 @@ def export_onnx(model_dir: Path, path: Path, quantization: str) -> None:
         fp32.replace(path)
 
 
+def local_model_dir(settings: EmbeddingsSettings) -> Path:
+    """The model directory on this disk: MODEL_PATH, or the packaged all-MiniLM-L6-v2."""
+    model_dir = (settings.model_path or default_model_path()).resolve()
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"EMBEDDINGS_MODEL_PATH={model_dir} is not a model directory")
+    return model_dir
+
+
 def load_encoder(settings: EmbeddingsSettings) -> Encoder:
     """Build the configured backend; slow (seconds, plus a download from MLflow when
     ``MODEL_URI`` is set and the version is not cached yet), so the lifespan runs it in a
@@ -347,9 +343,7 @@ def load_encoder(settings: EmbeddingsSettings) -> Encoder:
         model_dir, source = fetched.path, fetched.source
         name = settings.served_model_name or fetched.served_name
     else:
-        model_dir = (settings.model_path or default_model_path()).resolve()
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f"EMBEDDINGS_MODEL_PATH={model_dir} is not a model directory")
+        model_dir = local_model_dir(settings)
         packaged = settings.model_path is None
         source = PACKAGED_SOURCE if packaged else f"path:{model_dir}"
         name = settings.served_model_name or default_served_name(model_dir, packaged)

@@ -12,7 +12,7 @@ import sys
 import time
 
 from services.embeddings.config import EmbeddingsSettings
-from services.embeddings.encoder import default_model_path, export_onnx, onnx_path
+from services.embeddings.encoder import export_onnx, local_model_dir, onnx_path
 
 
 def main() -> int:
@@ -23,7 +23,7 @@ def main() -> int:
     if settings.model_uri:
         print("EMBEDDINGS_MODEL_URI is fetched at start, not at build time", file=sys.stderr)
         return 2
-    model_dir = (settings.model_path or default_model_path()).resolve()
+    model_dir = local_model_dir(settings)
     path = onnx_path(settings.onnx_dir, model_dir, settings.onnx_quantization)
     started = time.perf_counter()
     if not path.exists():
